@@ -1,0 +1,195 @@
+//! The dataflow itself, built in one function ([`build`]); [`crate::driver`] drives it.
+//!
+//! ```text
+//!  input: (WindowKey, Aggregate-as-diff)
+//!    ├──────────────────────────────────────────────────────────────▶ stats deltas ─┐
+//!    └─ content & region rows ─ count_total ─┬─ content ─ reduce: top-K ──────────┤
+//!                                            ├─ content ─ count: unique titles ───┤ exchange
+//!                                            └─ region ── rules ─┬─ alerts ───────┤ to worker 0
+//!                                                                └─ reduce: sustained ┘ ─▶ Change buffer
+//! ```
+//!
+//! The stats leave in diff space (the deltas themselves), so whoever reads them only adds. The derived
+//! collections need the accumulated sums as data, which `count_total` provides; they leave as rows
+//! with ±1. Everything is routed to worker 0, which hands it to the caller's channel.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::rc::Rc;
+
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::count::CountTotal;
+use serde::{Deserialize, Serialize};
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::Exchange;
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+use crate::aggregate::{Aggregate, Key, WindowKey};
+use crate::config::Config;
+use crate::rules::{Alert, Rule, Severity};
+use crate::window::{Time, Window};
+
+/// A row of a derived collection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Derived {
+    /// Rank `rank` (from 1) of the window's trending list.
+    Top { window: Window, rank: u32, content_id: String, title: String, downloads: i64 },
+    /// How many distinct titles were downloaded in the window.
+    UniqueContent { window: Window, count: i64 },
+    Alert(Alert),
+}
+
+impl Derived {
+    pub fn window(&self) -> Window {
+        match self {
+            Derived::Top { window, .. } | Derived::UniqueContent { window, .. } => *window,
+            Derived::Alert(alert) => alert.window,
+        }
+    }
+}
+
+/// One output change of the dataflow, at a time (a watermark).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A row's sums changed by `delta`.
+    Stat { row: WindowKey, delta: Aggregate, time: Time },
+    /// A derived row appeared (`diff` 1) or disappeared (`diff` -1).
+    Derived { row: Derived, time: Time, diff: isize },
+}
+
+/// The handles a driver needs: where to feed, how far the output is, and what came out.
+pub struct Dataflow {
+    pub input: InputSession<Time, WindowKey, Aggregate>,
+    pub probe: ProbeHandle<Time>,
+    /// Changes that reached this worker's output (only worker 0 receives any).
+    pub output: Rc<RefCell<Vec<Change>>>,
+}
+
+/// Builds the computation of SPEC §4–§5 in `worker`.
+pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
+    let output = Rc::new(RefCell::new(Vec::new()));
+    let top_k = config.top_k;
+    let rules = config.rules.clone();
+    let window_ms = config.window_ms;
+    let sustained = config.rules.sustained_windows;
+
+    let (input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let (input, stats) = scope.new_collection::<WindowKey, Aggregate>();
+        let probe = ProbeHandle::new();
+
+        // Only content and region rows feed derived collections; the rest skip the arrangement.
+        let counted = stats
+            .clone()
+            .filter(|row| matches!(row.key, Key::Content { .. } | Key::Region(_)))
+            .count_total();
+
+        let content = counted.clone().flat_map(|(row, agg)| match row.key {
+            Key::Content { content_id, title } => Some((row.window, (content_id, title, agg))),
+            _ => None,
+        });
+
+        let top = content
+            .clone()
+            .map(|(window, (id, title, agg))| (window, (Reverse(agg.downloads), id, title)))
+            .reduce(move |window, ranked, out| {
+                // Values arrive sorted: most downloads first, ties by content id.
+                for (rank, (value, count)) in ranked.iter().take(top_k).enumerate() {
+                    debug_assert_eq!(*count, 1, "count_total yields each row once");
+                    let (Reverse(downloads), id, title) = value;
+                    let row = Derived::Top {
+                        window: *window,
+                        rank: rank as u32 + 1,
+                        content_id: id.clone(),
+                        title: title.clone(),
+                        downloads: *downloads,
+                    };
+                    out.push((row, 1isize));
+                }
+            })
+            .map(|(_window, row)| row);
+
+        let unique = content
+            .map(|(window, _)| window)
+            .count()
+            .map(|(window, count)| Derived::UniqueContent { window, count: count as i64 });
+
+        let alerts = counted.flat_map(move |(row, agg)| {
+            let Key::Region(region) = row.key else { return Vec::new() };
+            rules
+                .evaluate(&agg)
+                .into_iter()
+                .map(|(rule, severity)| Alert {
+                    window: row.window,
+                    region: region.clone(),
+                    rule,
+                    severity,
+                    measure: agg,
+                })
+                .collect()
+        });
+
+        // SUSTAINED_ERROR_RATE: each high-error window vouches for itself and the next n-1 windows;
+        // a window vouched for by all n positions ends a run of n.
+        let runs = alerts
+            .clone()
+            .filter(|alert| alert.rule == Rule::HighErrorRate)
+            .flat_map(move |alert| {
+                (0..sustained).map(move |offset| {
+                    let end = Window(alert.window.0 + offset as i64 * window_ms);
+                    ((end, alert.region.clone()), (offset, alert.measure))
+                })
+            })
+            .reduce(move |(window, region), offsets, out| {
+                if offsets.len() == sustained as usize {
+                    let mut measure = Aggregate::default();
+                    for ((_, agg), _) in offsets {
+                        differential_dataflow::difference::Semigroup::plus_equals(&mut measure, agg);
+                    }
+                    let alert = Alert {
+                        window: *window,
+                        region: region.clone(),
+                        rule: Rule::SustainedErrorRate,
+                        severity: Severity::Critical,
+                        measure,
+                    };
+                    out.push((alert, 1isize));
+                }
+            })
+            .map(|(_, alert)| alert);
+
+        let derived = top
+            .concat(unique)
+            .concat(alerts.map(Derived::Alert))
+            .concat(runs.map(Derived::Alert));
+
+        let sink = output.clone();
+        stats
+            .inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_, updates| {
+                let mut sink = sink.borrow_mut();
+                for (row, time, delta) in updates {
+                    sink.push(Change::Stat { row: row.clone(), delta: *delta, time: *time });
+                }
+            })
+            .probe_with(&probe);
+        let sink = output.clone();
+        derived
+            .inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_, updates| {
+                let mut sink = sink.borrow_mut();
+                for (row, time, diff) in updates {
+                    sink.push(Change::Derived { row: row.clone(), time: *time, diff: *diff });
+                }
+            })
+            .probe_with(&probe);
+
+        (input, probe)
+    });
+
+    Dataflow { input, probe, output }
+}

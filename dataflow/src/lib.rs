@@ -1,0 +1,38 @@
+//! The timely/differential computation at the heart of StreamPulse.
+//!
+//! ```text
+//!  Records ─▶ Batcher ─────────────▶ build() dataflow ─────────────────▶ Update ─▶ View
+//!   (partition,  lateness per        stats: (Window, Key) with an            (stat deltas,
+//!    offset,     partition, then     Aggregate as the diff                    derived rows,
+//!    event)      pre-combined sums   derived: top-K, unique content,          frontier)
+//!                one time per batch  alerts, as ±1 rows
+//! ```
+//!
+//! - [`window`] owns time: [`Window`], the watermark encoded as the timely time, [`Clock`] (per-partition
+//!   lateness, idleness and the watermark).
+//! - [`aggregate`] owns what is summed: [`Key`], [`WindowKey`] and [`Aggregate`], differential's diff type.
+//! - [`batch`] turns a batch of records into pre-combined `(WindowKey, Aggregate)` updates and keeps the
+//!   ledger that retention retracts.
+//! - [`rules`] owns the alert rules and their thresholds.
+//! - [`build`] builds the dataflow; [`driver`] drives it (feeding, stepping, retention, output).
+//! - [`view`] is the current state assembled from the output changes, which the API reads.
+//! - [`config`] gathers the knobs (window, lateness, retention, idle timeout, top-K, rules).
+
+pub mod aggregate;
+pub mod batch;
+pub mod build;
+pub mod config;
+pub mod driver;
+pub mod rules;
+pub mod view;
+pub mod window;
+
+pub use aggregate::{Aggregate, Key, WindowKey};
+pub use build::{Change, Derived};
+pub use config::Config;
+pub use driver::{execute, run_worker, Counters, Limits, Update};
+pub use view::{View, WindowState};
+
+pub use rules::{Alert, Rule, Rules, Severity};
+
+pub use window::{Clock, Time, Window};

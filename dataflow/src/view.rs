@@ -1,0 +1,173 @@
+//! The current state of every maintained collection, assembled from the dataflow's output changes.
+//! The API reads it; nothing here talks HTTP.
+//!
+//! Stat deltas are added and derived rows counted, so changes can be applied in any order and the
+//! result is the same: the view is exactly the accumulation of the output.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::difference::{IsZero, Semigroup};
+use rustc_hash::FxHashMap;
+
+use crate::aggregate::{Aggregate, Key, WindowKey};
+use crate::build::{Change, Derived};
+use crate::driver::Update;
+use crate::rules::Alert;
+use crate::window::{Time, Window};
+
+/// One window's rows.
+#[derive(Clone, Debug, Default)]
+pub struct WindowState {
+    pub stats: FxHashMap<Key, Aggregate>,
+    pub derived: BTreeMap<Derived, isize>,
+}
+
+impl WindowState {
+    pub fn total(&self) -> Aggregate {
+        self.stats.get(&Key::Total).copied().unwrap_or_default()
+    }
+
+    pub fn unique_content(&self) -> i64 {
+        self.present()
+            .find_map(|row| match row {
+                Derived::UniqueContent { count, .. } => Some(*count),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// The window's trending list, best first.
+    pub fn top(&self) -> Vec<(u32, &str, &str, i64)> {
+        let mut top: Vec<_> = self
+            .present()
+            .filter_map(|row| match row {
+                Derived::Top { rank, content_id, title, downloads, .. } => {
+                    Some((*rank, content_id.as_str(), title.as_str(), *downloads))
+                }
+                _ => None,
+            })
+            .collect();
+        top.sort();
+        top
+    }
+
+    pub fn alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.present().filter_map(|row| match row {
+            Derived::Alert(alert) => Some(alert),
+            _ => None,
+        })
+    }
+
+    /// Derived rows currently in the collection.
+    fn present(&self) -> impl Iterator<Item = &Derived> {
+        self.derived.iter().filter(|(_, &count)| count > 0).map(|(row, _)| row)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.stats.is_empty() && self.derived.is_empty()
+    }
+}
+
+/// All windows in memory, and how far the output is complete.
+#[derive(Clone, Debug)]
+pub struct View {
+    window_ms: i64,
+    windows: BTreeMap<Window, WindowState>,
+    frontier: Option<Time>,
+    updates: u64,
+}
+
+impl View {
+    pub fn new(window_ms: i64) -> View {
+        View { window_ms, windows: BTreeMap::new(), frontier: Some(0), updates: 0 }
+    }
+
+    pub fn apply(&mut self, update: Update) {
+        for change in update.changes {
+            match change {
+                Change::Stat { row, delta, .. } => {
+                    let state = self.windows.entry(row.window).or_default();
+                    let sum = state.stats.entry(row.key.clone()).or_default();
+                    sum.plus_equals(&delta);
+                    if sum.is_zero() {
+                        state.stats.remove(&row.key);
+                    }
+                    self.drop_if_empty(row.window);
+                }
+                Change::Derived { row, diff, .. } => {
+                    let window = row.window();
+                    let state = self.windows.entry(window).or_default();
+                    let count = state.derived.entry(row.clone()).or_default();
+                    *count += diff;
+                    if *count == 0 {
+                        state.derived.remove(&row);
+                    }
+                    self.drop_if_empty(window);
+                }
+            }
+        }
+        self.frontier = update.frontier;
+        self.updates += 1;
+    }
+
+    fn drop_if_empty(&mut self, window: Window) {
+        if self.windows.get(&window).is_some_and(WindowState::is_empty) {
+            self.windows.remove(&window);
+        }
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+
+    /// The global watermark the output is complete up to (`None`: the input is closed).
+    pub fn frontier(&self) -> Option<Time> {
+        self.frontier
+    }
+
+    pub fn is_final(&self, window: Window) -> bool {
+        window.is_final(self.window_ms, self.frontier)
+    }
+
+    /// How many updates have been applied (a cheap change counter for caches).
+    pub fn version(&self) -> u64 {
+        self.updates
+    }
+
+    pub fn windows(&self) -> &BTreeMap<Window, WindowState> {
+        &self.windows
+    }
+
+    /// The stream's "now": the newest window in memory.
+    pub fn newest(&self) -> Option<Window> {
+        self.windows.keys().next_back().copied()
+    }
+
+    /// The `count` newest windows ending at the newest one (oldest first); absent windows are skipped.
+    pub fn recent(&self, count: usize) -> impl Iterator<Item = (&Window, &WindowState)> {
+        let newest = self.newest().unwrap_or(Window(0));
+        let first = Window(newest.0 - (count.saturating_sub(1) as i64) * self.window_ms);
+        self.windows.range(first..=newest)
+    }
+
+    /// Every stat row, for comparisons.
+    pub fn stats(&self) -> BTreeMap<WindowKey, Aggregate> {
+        self.windows
+            .iter()
+            .flat_map(|(window, state)| {
+                state
+                    .stats
+                    .iter()
+                    .map(|(key, agg)| (WindowKey { window: *window, key: key.clone() }, *agg))
+            })
+            .collect()
+    }
+
+    /// Every derived row with its count, for comparisons.
+    pub fn derived(&self) -> BTreeMap<Derived, isize> {
+        self.windows
+            .values()
+            .flat_map(|state| state.derived.iter().map(|(row, count)| (row.clone(), *count)))
+            .collect()
+    }
+}

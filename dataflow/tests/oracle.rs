@@ -1,0 +1,334 @@
+//! Oracle tests: every maintained collection equals a from-scratch recomputation over the accepted
+//! events, for generated and shuffled inputs, on one and two workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use streampulse_dataflow::{
+    execute, Aggregate, Config, Counters, Derived, Key, Limits, Rule, Severity, View, Window,
+    WindowKey,
+};
+use streampulse_ingest::generator::{Rng, FAULT_END_MIN, FAULT_START_MIN};
+use streampulse_ingest::source::owns;
+use streampulse_ingest::{Generator, Record, Scenario, VecSource};
+
+/// A minute-aligned start so that fault spans cover whole windows.
+const START: i64 = 28_333_333 * 60_000;
+
+fn generate(seed: u64, scenario: Scenario, rate: f64, count: u64, partitions: u32) -> Vec<Record> {
+    let g = Generator::new(seed, scenario, START, rate);
+    (0..count)
+        .map(|i| Record {
+            partition: (i % partitions as u64) as u32,
+            offset: (i / partitions as u64) as i64,
+            event: g.event(i),
+        })
+        .collect()
+}
+
+struct Run {
+    view: View,
+    max_view_windows: usize,
+    max_ledger_windows: u64,
+}
+
+/// Runs the dataflow over `records` with `workers` workers until the input is exhausted.
+fn run(records: &[Record], partitions: u32, workers: usize, config: &Config, batch_max: usize) -> Run {
+    let per_worker: Vec<std::sync::Mutex<Option<Vec<Record>>>> = (0..workers)
+        .map(|w| {
+            let mine = records.iter().filter(|r| owns(r.partition, w, workers)).cloned().collect();
+            std::sync::Mutex::new(Some(mine))
+        })
+        .collect();
+    let per_worker = Arc::new(per_worker);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let counters = Arc::new(Counters::default());
+    let window_ms = config.window_ms;
+    let watched = counters.clone();
+    let collector = std::thread::spawn(move || {
+        let mut view = View::new(window_ms);
+        let (mut max_view, mut max_ledger) = (0, 0);
+        for update in rx {
+            view.apply(update);
+            max_view = max_view.max(view.windows().len());
+            max_ledger = max_ledger.max(watched.ledger_windows.load(Ordering::Relaxed));
+        }
+        Run { view, max_view_windows: max_view, max_ledger_windows: max_ledger }
+    });
+    let limits = Limits { batch_max, ..Limits::default() };
+    execute(
+        timely::Config::process(workers),
+        config.clone(),
+        limits,
+        move |w, peers| {
+            let mine = per_worker[w].lock().unwrap().take().expect("each worker takes its records once");
+            let parts = (0..partitions).filter(|&p| owns(p, w, peers)).collect();
+            Box::new(VecSource::new(parts, mine))
+        },
+        Some(tx),
+        Arc::new(AtomicBool::new(false)),
+        counters,
+    )
+    .expect("the dataflow runs");
+    collector.join().unwrap()
+}
+
+/// The recomputation, written from the specification without the dataflow's code.
+struct Oracle {
+    stats: BTreeMap<WindowKey, Aggregate>,
+    derived: BTreeSet<Derived>,
+}
+
+fn oracle(records: &[Record], config: &Config) -> Oracle {
+    let w = config.window_ms;
+    let mut newest: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut stats: BTreeMap<WindowKey, Aggregate> = BTreeMap::new();
+    let mut bump = |window: i64, key: Key, e: &streampulse_ingest::Event| {
+        let a = stats.entry(WindowKey { window: Window(window), key }).or_default();
+        let ok = e.download.status == "success";
+        let failed = e.download.status == "failed";
+        a.downloads += 1;
+        a.successful += ok as i64;
+        a.failed += failed as i64;
+        a.size_mb += e.content.size_mb as i64;
+        a.duration_s += e.download.duration_seconds as i64;
+        if ok {
+            a.speed_milli += (e.download.speed_mbps as f64 * 1000.0).round() as i64;
+        }
+        if failed && e.download.error_code.as_deref() == Some("cdn_timeout") {
+            a.cdn_timeouts += 1;
+        }
+    };
+    for r in records {
+        let e = &r.event;
+        let ts = e.timestamp;
+        let window = ts.div_euclid(w) * w;
+        let max = newest.get(&r.partition).copied();
+        if matches!(max, Some(m) if ts < m - config.lateness_ms) {
+            bump(window, Key::Late { partition: r.partition }, e);
+            continue;
+        }
+        newest.insert(r.partition, max.map_or(ts, |m| m.max(ts)));
+        let u = &e.user_context;
+        bump(window, Key::Total, e);
+        bump(
+            window,
+            Key::Content { content_id: e.content.content_id.clone(), title: e.content.title.clone() },
+            e,
+        );
+        bump(window, Key::Region(u.region.clone()), e);
+        bump(window, Key::Device { device: u.device.clone(), os_version: u.os_version.clone() }, e);
+        if e.download.status == "failed" {
+            if let Some(code) = &e.download.error_code {
+                bump(window, Key::Error { region: u.region.clone(), error_code: code.clone() }, e);
+            }
+        }
+    }
+
+    let rules = &config.rules;
+    let mut derived = BTreeSet::new();
+    let mut by_window: BTreeMap<Window, Vec<(i64, String, String)>> = BTreeMap::new();
+    let mut high: BTreeMap<(String, Window), Aggregate> = BTreeMap::new();
+    for (row, a) in &stats {
+        match &row.key {
+            Key::Content { content_id, title } => by_window.entry(row.window).or_default().push((
+                a.downloads,
+                content_id.clone(),
+                title.clone(),
+            )),
+            Key::Region(region) if a.downloads >= rules.min_downloads => {
+                let n = a.downloads as f64;
+                let mut fire = |rule, severity| {
+                    derived.insert(Derived::Alert(streampulse_dataflow::Alert {
+                        window: row.window,
+                        region: region.clone(),
+                        rule,
+                        severity,
+                        measure: *a,
+                    }));
+                };
+                if a.failed as f64 / n > rules.error_rate {
+                    let critical = (a.successful as f64 / n) < rules.critical_success_rate;
+                    fire(Rule::HighErrorRate, if critical { Severity::Critical } else { Severity::Warning });
+                    high.insert((region.clone(), row.window), *a);
+                }
+                if a.successful > 0
+                    && (a.speed_milli as f64 / a.successful as f64 / 1000.0) < rules.slow_mbps
+                {
+                    fire(Rule::SlowDownloads, Severity::Warning);
+                }
+                if a.cdn_timeouts as f64 / n >= rules.cdn_share {
+                    fire(Rule::CdnFailure, Severity::Critical);
+                }
+            }
+            _ => {}
+        }
+    }
+    for ((region, window), _) in &high {
+        let run: Vec<_> = (0..rules.sustained_windows as i64)
+            .map(|back| high.get(&(region.clone(), Window(window.0 - back * w))))
+            .collect();
+        if run.iter().all(Option::is_some) {
+            let mut measure = Aggregate::default();
+            for a in run.into_iter().flatten() {
+                measure.downloads += a.downloads;
+                measure.successful += a.successful;
+                measure.failed += a.failed;
+                measure.size_mb += a.size_mb;
+                measure.duration_s += a.duration_s;
+                measure.speed_milli += a.speed_milli;
+                measure.cdn_timeouts += a.cdn_timeouts;
+            }
+            derived.insert(Derived::Alert(streampulse_dataflow::Alert {
+                window: *window,
+                region: region.clone(),
+                rule: Rule::SustainedErrorRate,
+                severity: Severity::Critical,
+                measure,
+            }));
+        }
+    }
+    for (window, mut titles) in by_window {
+        derived.insert(Derived::UniqueContent { window, count: titles.len() as i64 });
+        titles.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (i, (downloads, content_id, title)) in titles.into_iter().take(config.top_k).enumerate() {
+            derived.insert(Derived::Top { window, rank: i as u32 + 1, content_id, title, downloads });
+        }
+    }
+    Oracle { stats, derived }
+}
+
+fn long_retention() -> Config {
+    Config { retain_ms: 7 * 24 * 3_600_000, ..Config::default() }
+}
+
+/// Compares every collection of a finished run with the oracle.
+fn assert_matches_oracle(view: &View, expected: &Oracle) {
+    assert_eq!(view.frontier(), None, "the run finished");
+    let got = view.stats();
+    assert_eq!(got.len(), expected.stats.len(), "number of stat rows");
+    for (row, agg) in &expected.stats {
+        assert_eq!(got.get(row), Some(agg), "row {row:?}");
+    }
+    let derived = view.derived();
+    assert!(derived.values().all(|&c| c == 1), "every derived row present once");
+    let derived: BTreeSet<_> = derived.into_keys().collect();
+    let missing: Vec<_> = expected.derived.difference(&derived).take(5).collect();
+    let extra: Vec<_> = derived.difference(&expected.derived).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}");
+}
+
+fn alerts(view: &View) -> BTreeSet<(Rule, String, Window)> {
+    view.derived()
+        .into_keys()
+        .filter_map(|row| match row {
+            Derived::Alert(a) => Some((a.rule, a.region, a.window)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn generated_inputs_match_the_oracle_on_one_and_two_workers() {
+    let config = long_retention();
+    for (seed, scenario) in [(1, Scenario::Clean), (2, Scenario::CdnOutage), (3, Scenario::SlowDownloads)] {
+        let records = generate(seed, scenario, 150.0, 12 * 60 * 150, 4);
+        let expected = oracle(&records, &config);
+        let late = expected.stats.iter().filter(|(k, _)| matches!(k.key, Key::Late { .. }));
+        assert!(late.map(|(_, a)| a.downloads).sum::<i64>() > 100, "the input has late events");
+
+        let one = run(&records, 4, 1, &config, 5_000);
+        assert_matches_oracle(&one.view, &expected);
+        let two = run(&records, 4, 2, &config, 5_000);
+        assert_matches_oracle(&two.view, &expected);
+        assert_eq!(one.view.stats(), two.view.stats());
+        assert_eq!(one.view.derived(), two.view.derived());
+    }
+}
+
+#[test]
+fn shuffled_inputs_with_heavy_disorder_match_the_oracle() {
+    // Displace events by up to 20 s inside each partition: many are late, many are out of order.
+    let mut config = long_retention();
+    config.top_k = 3;
+    config.lateness_ms = 8_000;
+    for seed in [11, 12] {
+        let mut records = generate(seed, Scenario::CdnOutage, 80.0, 6 * 60 * 80, 3);
+        let mut rng = Rng::new(seed);
+        for r in records.iter_mut() {
+            r.event.timestamp += rng.range(-20_000, 20_000);
+        }
+        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for r in records {
+            by_partition.entry(r.partition).or_default().push(r);
+        }
+        // Interleave partitions unevenly: partition order is all that lateness may depend on.
+        let mut interleaved = Vec::new();
+        let mut cursors: Vec<_> = by_partition.into_values().map(|v| v.into_iter()).collect();
+        while cursors.iter().any(|c| c.len() > 0) {
+            for c in cursors.iter_mut() {
+                let take = rng.range(0, 50) as usize;
+                interleaved.extend(c.by_ref().take(take));
+            }
+        }
+        let expected = oracle(&interleaved, &config);
+        for workers in [1, 2] {
+            let got = run(&interleaved, 3, workers, &config, rng.range(100, 3_000) as usize);
+            assert_matches_oracle(&got.view, &expected);
+        }
+    }
+}
+
+#[test]
+fn each_scenario_raises_exactly_its_alerts() {
+    let config = long_retention();
+    let w = config.window_ms;
+    let fault = |minute: i64| Window(START + minute * w);
+    let inside: Vec<Window> = (FAULT_START_MIN..FAULT_END_MIN).map(fault).collect();
+
+    let clean = run(&generate(21, Scenario::Clean, 200.0, 12 * 60 * 200, 4), 4, 2, &config, 10_000);
+    assert!(alerts(&clean.view).is_empty(), "clean run raised {:?}", alerts(&clean.view));
+
+    let outage = run(&generate(22, Scenario::CdnOutage, 200.0, 12 * 60 * 200, 4), 4, 2, &config, 10_000);
+    let raised = alerts(&outage.view);
+    for (rule, region, window) in &raised {
+        assert_eq!(region, "EU-London");
+        assert!(matches!(rule, Rule::HighErrorRate | Rule::CdnFailure | Rule::SustainedErrorRate));
+        assert!(window.0 >= inside[0].0 && window.0 <= inside.last().unwrap().0 + w, "{window:?}");
+    }
+    for (i, window) in inside.iter().enumerate() {
+        let london = || "EU-London".to_string();
+        assert!(raised.contains(&(Rule::HighErrorRate, london(), *window)));
+        assert!(raised.contains(&(Rule::CdnFailure, london(), *window)));
+        let sustained = raised.contains(&(Rule::SustainedErrorRate, london(), *window));
+        assert_eq!(sustained, i >= 2, "sustained from the third faulty window on: {window:?}");
+    }
+
+    let slow = run(&generate(23, Scenario::SlowDownloads, 200.0, 12 * 60 * 200, 4), 4, 2, &config, 10_000);
+    let raised = alerts(&slow.view);
+    let expected: BTreeSet<_> =
+        inside.iter().map(|w| (Rule::SlowDownloads, "ASIA-Tokyo".to_string(), *w)).collect();
+    // The span's edges may catch a slow window on either side (timestamps are shuffled by seconds).
+    assert!(raised.is_superset(&expected), "{raised:?}");
+    assert!(raised.iter().all(|(rule, region, _)| *rule == Rule::SlowDownloads && region == "ASIA-Tokyo"));
+    assert!(raised.len() <= expected.len() + 2);
+}
+
+#[test]
+fn memory_stays_bounded_over_many_hours() {
+    // Six hours of event time, 10 minutes retained: the windows in memory stay level.
+    let config = Config { retain_ms: 10 * 60_000, ..Config::default() };
+    let records = generate(31, Scenario::Clean, 10.0, 6 * 3_600 * 10, 4);
+    // 300 records a batch per worker is a minute of event time: the view may run a batch ahead.
+    let got = run(&records, 4, 2, &config, 300);
+    let kept = (config.retain_ms / config.window_ms) as usize;
+    // Retained windows, plus the one the frontier is in, plus up to two batches in flight ahead of it.
+    assert!(got.max_view_windows <= kept + 6, "view held {} windows", got.max_view_windows);
+    assert!(got.max_ledger_windows as usize <= 2 * (kept + 6), "ledgers held {}", got.max_ledger_windows);
+    assert!(got.max_view_windows >= kept, "retention keeps what it should: {}", got.max_view_windows);
+    // What is left is the newest windows, complete.
+    let newest = got.view.newest().unwrap();
+    let oldest = *got.view.windows().keys().next().unwrap();
+    assert!(newest.0 - oldest.0 <= config.retain_ms + config.window_ms);
+}

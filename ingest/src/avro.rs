@@ -1,0 +1,197 @@
+//! Bare Avro datums of `schemas/event.avsc`, in and out.
+//!
+//! ```text
+//!   bytes ──Decoder::decode──▶ Result<Event, DecodeError>
+//!   Event ──Encoder::encode──▶ bytes
+//! ```
+//!
+//! The schemas are compiled into the binary and parsed once. The decoder is built once and reused:
+//! rebuilding apache-avro's reader per record costs most of the decode time.
+
+use std::sync::OnceLock;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use thiserror::Error;
+
+use crate::event::{Event, Outcome};
+
+/// The text of `schemas/event.avsc`, the schema every producer writes and every reader resolves to.
+pub const EVENT_SCHEMA_V1: &str = include_str!("../../schemas/event.avsc");
+/// The text of `schemas/event-v2.avsc`, a compatible evolution with optional fields.
+pub const EVENT_SCHEMA_V2: &str = include_str!("../../schemas/event-v2.avsc");
+
+/// The parsed version-1 schema, parsed on first use.
+pub fn schema_v1() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema::parse_str(EVENT_SCHEMA_V1).expect("schemas/event.avsc is valid Avro"))
+}
+
+/// The parsed version-2 schema, parsed on first use.
+pub fn schema_v2() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        Schema::parse_str(EVENT_SCHEMA_V2).expect("schemas/event-v2.avsc is valid Avro")
+    })
+}
+
+/// Why a record could not be turned into an [`Event`]. The text is what lands in `dead_letters.reason`.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum DecodeError {
+    #[error("empty record value")]
+    Empty,
+    #[error("not a valid Avro datum of ContentDownloadEvent: {0}")]
+    Avro(String),
+    #[error("{0} bytes left over after the datum (truncated or concatenated record?)")]
+    TrailingBytes(usize),
+    #[error("invalid field {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Decodes bare Avro datums written with `schemas/event.avsc`.
+pub struct Decoder {
+    reader: GenericDatumReader<'static>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        let reader = GenericDatumReader::builder(schema_v1())
+            .build()
+            .expect("the v1 schema resolves");
+        Decoder { reader }
+    }
+
+    /// Decodes one datum. The whole slice must be consumed, and the event must make sense.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let mut rest = bytes;
+        let event: Event = self
+            .reader
+            .read_deser(&mut rest)
+            .map_err(|e| DecodeError::Avro(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.len()));
+        }
+        validate(&event)?;
+        Ok(event)
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new()
+    }
+}
+
+/// Checks the invariants the schema cannot express; a record that breaks one is a dead letter.
+pub fn validate(event: &Event) -> Result<(), DecodeError> {
+    if event.outcome().is_none() {
+        return Err(DecodeError::Invalid {
+            field: "download.status",
+            reason: format!("{:?} is not success, failed or cancelled", event.download.status),
+        });
+    }
+    if event.timestamp < 0 {
+        return Err(DecodeError::Invalid {
+            field: "timestamp",
+            reason: format!("{} is before the Unix epoch", event.timestamp),
+        });
+    }
+    if !event.download.speed_mbps.is_finite() || event.download.speed_mbps < 0.0 {
+        return Err(DecodeError::Invalid {
+            field: "download.speed_mbps",
+            reason: format!("{} is not a finite non-negative number", event.download.speed_mbps),
+        });
+    }
+    if event.download.duration_seconds < 0 || event.content.size_mb < 0 {
+        return Err(DecodeError::Invalid {
+            field: "download.duration_seconds/content.size_mb",
+            reason: "negative".to_string(),
+        });
+    }
+    debug_assert!(Outcome::parse(&event.download.status).is_some());
+    Ok(())
+}
+
+/// Encodes events as bare Avro datums of `schemas/event.avsc`.
+pub struct Encoder {
+    writer: GenericDatumWriter<'static>,
+}
+
+impl Encoder {
+    pub fn new() -> Encoder {
+        let writer = GenericDatumWriter::builder(schema_v1())
+            .build()
+            .expect("the v1 schema resolves");
+        Encoder { writer }
+    }
+
+    pub fn encode(&self, event: &Event) -> Vec<u8> {
+        self.writer
+            .write_ser_to_vec(event)
+            .expect("an Event always matches the schema it mirrors")
+    }
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::{Generator, Scenario};
+
+    #[test]
+    fn round_trip_generated_events() {
+        let encoder = Encoder::new();
+        let decoder = Decoder::new();
+        let generator = Generator::new(7, Scenario::CdnOutage, 1_700_000_000_000, 100.0);
+        for i in 0..2_000 {
+            let event = generator.event(i);
+            let bytes = encoder.encode(&event);
+            assert_eq!(decoder.decode(&bytes).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let encoder = Encoder::new();
+        let decoder = Decoder::new();
+        let event = Generator::new(1, Scenario::Clean, 0, 10.0).event(3);
+        let bytes = encoder.encode(&event);
+
+        assert_eq!(decoder.decode(&[]), Err(DecodeError::Empty));
+        assert!(matches!(decoder.decode(&bytes[..bytes.len() / 2]), Err(DecodeError::Avro(_))));
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decoder.decode(&long), Err(DecodeError::TrailingBytes(3)));
+
+        let mut bad = event.clone();
+        bad.download.status = "exploded".into();
+        let err = decoder.decode(&encoder.encode(&bad)).unwrap_err();
+        assert!(err.to_string().contains("download.status"), "{err}");
+    }
+
+    #[test]
+    fn v2_schema_is_a_compatible_evolution() {
+        // A v1 datum read with v2 as reader schema gets the defaults; both schemas parse.
+        let encoder = Encoder::new();
+        let event = Generator::new(1, Scenario::Clean, 0, 10.0).event(0);
+        let bytes = encoder.encode(&event);
+        let reader = GenericDatumReader::builder(schema_v1())
+            .reader_schema(schema_v2())
+            .build()
+            .unwrap();
+        let value = reader.read_value(&mut &bytes[..]).unwrap();
+        let apache_avro::types::Value::Record(fields) = value else {
+            panic!("a record")
+        };
+        assert!(fields.iter().any(|(name, _)| name == "retry_count"));
+    }
+}

@@ -1,0 +1,445 @@
+//! The seeded, deterministic traffic generator.
+//!
+//! Event `i` is a pure function of `(seed, scenario, start, rate, i)`: its own random stream is seeded
+//! from the seed and the index. So any worker can generate any slice of the stream (for example one
+//! partition's events) without generating the rest, and every run with the same flags produces the
+//! same topic.
+//!
+//! Traffic shape: a weighted catalog (a few hits, a long tail), ten regions, devices with OS
+//! versions, about 90% successful downloads (2% of all of them slow), 5% failed with an error code,
+//! 3% cancelled. Timestamps advance at `rate` events per second of event time, are shuffled by up to
+//! [`DISORDER_MS`] (out of order but on time), and 0.5% of events arrive 6–40 s behind (late for the
+//! default 5 s lateness). No event is stamped before the start.
+//!
+//! A [`Scenario`] injects a fault into one region for the span [`FAULT_START_MIN`, `FAULT_END_MIN`)
+//! minutes after the start, so that tests know which windows must alert.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::event::{Content, Download, Event, UserContext};
+
+/// Events are shuffled backwards in time by up to this much (on time for the default lateness).
+pub const DISORDER_MS: i64 = 3_000;
+/// Share of events that are sent far behind the stream (late for lateness ≤ 6 s).
+pub const LATE_SHARE: f64 = 0.005;
+/// Fault scenarios are active from this many minutes after the start …
+pub const FAULT_START_MIN: i64 = 3;
+/// … until this many.
+pub const FAULT_END_MIN: i64 = 9;
+
+/// A named fault injected into the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Healthy traffic everywhere: no alert rule may fire.
+    Clean,
+    /// EU-London's CDN times out: 35% of its downloads fail with `cdn_timeout`.
+    CdnOutage,
+    /// ASIA-Tokyo is congested: successful downloads crawl at 2–10 Mbps.
+    SlowDownloads,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 3] = [Scenario::Clean, Scenario::CdnOutage, Scenario::SlowDownloads];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Clean => "clean",
+            Scenario::CdnOutage => "cdn-outage",
+            Scenario::SlowDownloads => "slow-downloads",
+        }
+    }
+
+    /// The region this scenario degrades, if any.
+    pub fn region(self) -> Option<&'static str> {
+        match self {
+            Scenario::Clean => None,
+            Scenario::CdnOutage => Some("EU-London"),
+            Scenario::SlowDownloads => Some("ASIA-Tokyo"),
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown scenario {s:?}; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// A small, fast, well-mixed PRNG (SplitMix64). Written out here so that the generated stream does
+/// not change when a dependency does.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [lo, hi] (inclusive).
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
+    }
+
+    /// An index drawn with the given cumulative weights (last element is the total).
+    fn weighted(&mut self, cumulative: &[f64]) -> usize {
+        let total = *cumulative.last().expect("weights are not empty");
+        let x = self.unit() * total;
+        cumulative.partition_point(|&c| c <= x).min(cumulative.len() - 1)
+    }
+}
+
+struct Title {
+    id: String,
+    title: String,
+    kind: &'static str,
+    category: &'static str,
+    size_mb: i32,
+    price: f32,
+}
+
+const HITS: [(&str, &str, &str, &str, i32, f32); 8] = [
+    ("mov_avengers_2", "Avengers: Endgame 2", "movie", "action", 4200, 19.99),
+    ("mov_taylor_swift", "Taylor Swift: Eras Tour", "music_doc", "music", 3200, 14.99),
+    ("mov_batman", "The Batman Returns", "movie", "action", 3800, 19.99),
+    ("mov_barbie_2", "Barbie 2", "movie", "comedy", 2900, 17.99),
+    ("tv_severance_s3", "Severance S3", "tv_show", "drama", 1800, 9.99),
+    ("app_photo_pro", "Photo Pro", "app", "productivity", 450, 4.99),
+    ("game_star_quest", "Star Quest", "game", "adventure", 28000, 59.99),
+    ("book_deep_sea", "The Deep Sea", "book", "science", 12, 7.99),
+];
+const TAIL_KINDS: [(&str, &str, i32); 5] = [
+    ("movie", "drama", 3000),
+    ("tv_show", "comedy", 1500),
+    ("music", "pop", 120),
+    ("app", "utilities", 300),
+    ("book", "fiction", 8),
+];
+/// Long-tail catalog size beyond the hits.
+const TAIL: usize = 192;
+
+const REGIONS: [(&str, &[&str], f64); 10] = [
+    ("US-California", &["San Francisco", "Los Angeles", "San Diego"], 20.0),
+    ("US-Texas", &["Austin", "Dallas"], 10.0),
+    ("US-NewYork", &["New York City", "Buffalo"], 12.0),
+    ("EU-London", &["London"], 10.0),
+    ("EU-Paris", &["Paris", "Lyon"], 8.0),
+    ("EU-Berlin", &["Berlin", "Munich"], 8.0),
+    ("ASIA-Tokyo", &["Tokyo", "Osaka"], 10.0),
+    ("ASIA-Seoul", &["Seoul"], 8.0),
+    ("ASIA-Mumbai", &["Mumbai", "Delhi"], 8.0),
+    ("SA-SaoPaulo", &["São Paulo"], 6.0),
+];
+
+const DEVICES: [(&str, &[&str], f64); 8] = [
+    ("iPhone 15 Pro", &["iOS 18.1", "iOS 17.6"], 18.0),
+    ("iPhone 14", &["iOS 18.0", "iOS 17.6"], 12.0),
+    ("iPad Pro", &["iPadOS 18.0"], 8.0),
+    ("Pixel 9", &["Android 15", "Android 14"], 14.0),
+    ("Galaxy S24", &["Android 14"], 14.0),
+    ("Apple TV 4K", &["tvOS 18.0"], 6.0),
+    ("MacBook Pro", &["macOS 14.5", "macOS 15.1"], 12.0),
+    ("Windows PC", &["Windows 11", "Windows 10"], 16.0),
+];
+
+const CONNECTIONS: [&str; 4] = ["wifi", "5g", "4g", "ethernet"];
+
+const ERRORS: [(&str, &str, f64); 4] = [
+    ("cdn_timeout", "CDN server timeout - try again", 20.0),
+    ("network_error", "Network connection lost during download", 45.0),
+    ("disk_full", "Insufficient storage space on device", 20.0),
+    ("auth_failed", "Authentication token expired", 15.0),
+];
+
+fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut total = 0.0;
+    weights
+        .map(|w| {
+            total += w;
+            total
+        })
+        .collect()
+}
+
+/// Generates event `i` of a deterministic stream; see the module documentation.
+pub struct Generator {
+    seed: u64,
+    scenario: Scenario,
+    start_ms: i64,
+    ms_per_event: f64,
+    catalog: Vec<Title>,
+    catalog_weights: Vec<f64>,
+    region_weights: Vec<f64>,
+    device_weights: Vec<f64>,
+    error_weights: Vec<f64>,
+}
+
+impl Generator {
+    /// `rate` is events per second of event time; event 0 is stamped near `start_ms`.
+    pub fn new(seed: u64, scenario: Scenario, start_ms: i64, rate: f64) -> Generator {
+        assert!(rate > 0.0, "rate must be positive");
+        let mut catalog: Vec<Title> = HITS
+            .iter()
+            .map(|&(id, title, kind, category, size_mb, price)| Title {
+                id: id.to_string(),
+                title: title.to_string(),
+                kind,
+                category,
+                size_mb,
+                price,
+            })
+            .collect();
+        for n in 0..TAIL {
+            let (kind, category, size) = TAIL_KINDS[n % TAIL_KINDS.len()];
+            catalog.push(Title {
+                id: format!("{}_{:04}", &kind[..3], n),
+                title: format!("{} #{}", category_title(category), n + 1),
+                kind,
+                category,
+                size_mb: size + (n as i32 * 37) % (size / 2 + 1),
+                price: 0.99 + (n % 10) as f32,
+            });
+        }
+        // Hits get 60% of traffic with weights 50/30/15/5-like decay; the tail decays as 1/rank.
+        let catalog_weights = cumulative((0..catalog.len()).map(|rank| {
+            if rank < HITS.len() {
+                60.0 * 0.55f64.powi(rank as i32)
+            } else {
+                40.0 / (rank - HITS.len() + 5) as f64
+            }
+        }));
+        Generator {
+            seed,
+            scenario,
+            start_ms,
+            ms_per_event: 1000.0 / rate,
+            catalog,
+            catalog_weights,
+            region_weights: cumulative(REGIONS.iter().map(|r| r.2)),
+            device_weights: cumulative(DEVICES.iter().map(|d| d.2)),
+            error_weights: cumulative(ERRORS.iter().map(|e| e.2)),
+        }
+    }
+
+    pub fn scenario(&self) -> Scenario {
+        self.scenario
+    }
+
+    /// The nominal (undisturbed) timestamp of event `i`.
+    pub fn nominal_time(&self, i: u64) -> i64 {
+        self.start_ms + (i as f64 * self.ms_per_event) as i64
+    }
+
+    /// The index of the first event whose nominal time is at or after `ms`.
+    pub fn index_at(&self, ms: i64) -> u64 {
+        if ms <= self.start_ms {
+            return 0;
+        }
+        ((ms - self.start_ms) as f64 / self.ms_per_event).ceil() as u64
+    }
+
+    /// Whether the scenario's fault is active at `ms`.
+    pub fn fault_active(&self, ms: i64) -> bool {
+        let minute = (ms - self.start_ms).div_euclid(60_000);
+        self.scenario != Scenario::Clean && (FAULT_START_MIN..FAULT_END_MIN).contains(&minute)
+    }
+
+    /// Event number `i` of the stream.
+    pub fn event(&self, i: u64) -> Event {
+        let mut rng = Rng::new(self.seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        rng.next_u64();
+
+        let nominal = self.nominal_time(i);
+        let timestamp = if rng.unit() < LATE_SHARE {
+            nominal - rng.range(6_000, 40_000)
+        } else {
+            nominal - rng.range(0, DISORDER_MS)
+        }
+        .max(self.start_ms); // the stream begins at its start: no stragglers before it
+
+        let title = &self.catalog[rng.weighted(&self.catalog_weights)];
+        let (region, cities, _) = REGIONS[rng.weighted(&self.region_weights)];
+        let city = cities[rng.range(0, cities.len() as i64 - 1) as usize];
+        let (device, oses, _) = DEVICES[rng.weighted(&self.device_weights)];
+        let os_version = oses[rng.range(0, oses.len() as i64 - 1) as usize];
+        let connection_type = CONNECTIONS[rng.range(0, 3) as usize];
+
+        let faulty = self.fault_active(nominal) && self.scenario.region() == Some(region);
+        let download = self.download(&mut rng, title.size_mb, faulty);
+
+        Event {
+            event_id: format!("{:016x}-{:08x}", self.seed, i),
+            timestamp,
+            user_id: format!("usr_{:05}", rng.range(0, 49_999)),
+            content: Content {
+                content_id: title.id.clone(),
+                title: title.title.clone(),
+                kind: title.kind.to_string(),
+                category: title.category.to_string(),
+                size_mb: title.size_mb,
+                price: title.price,
+            },
+            download,
+            user_context: UserContext {
+                region: region.to_string(),
+                city: city.to_string(),
+                device: device.to_string(),
+                os_version: os_version.to_string(),
+                connection_type: connection_type.to_string(),
+            },
+        }
+    }
+
+    fn download(&self, rng: &mut Rng, size_mb: i32, faulty: bool) -> Download {
+        let roll = rng.unit();
+        let failure = |rng: &mut Rng, code: usize| {
+            let (code, message, _) = ERRORS[code];
+            Download {
+                status: "failed".into(),
+                duration_seconds: rng.range(5, 60) as i32,
+                speed_mbps: round1(1.0 + 4.0 * rng.unit()),
+                error_code: Some(code.into()),
+                error_message: Some(message.into()),
+            }
+        };
+        if faulty && self.scenario == Scenario::CdnOutage && roll < 0.35 {
+            return failure(rng, 0);
+        }
+        if roll < 0.05 {
+            let code = rng.weighted(&self.error_weights);
+            return failure(rng, code);
+        }
+        if roll < 0.08 {
+            return Download {
+                status: "cancelled".into(),
+                duration_seconds: rng.range(1, 30) as i32,
+                speed_mbps: round1(5.0 + 20.0 * rng.unit()),
+                error_code: None,
+                error_message: None,
+            };
+        }
+        let speed = if faulty && self.scenario == Scenario::SlowDownloads {
+            2.0 + 8.0 * rng.unit()
+        } else if roll < 0.10 {
+            5.0 + 5.0 * rng.unit() // the 2% of slow downloads
+        } else {
+            25.0 + 40.0 * rng.unit()
+        };
+        let speed = round1(speed);
+        // Duration follows from size and speed (megabytes × 8 / megabits per second), plus setup time.
+        let duration = (size_mb as f64 * 8.0 / speed as f64) as i64 + rng.range(1, 5);
+        Download {
+            status: "success".into(),
+            duration_seconds: duration.min(i32::MAX as i64) as i32,
+            speed_mbps: speed,
+            error_code: None,
+            error_message: None,
+        }
+    }
+}
+
+fn round1(x: f64) -> f32 {
+    ((x * 10.0).round() / 10.0) as f32
+}
+
+fn category_title(category: &str) -> String {
+    let mut chars = category.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn deterministic_per_index() {
+        let a = Generator::new(42, Scenario::Clean, 1_000_000, 50.0);
+        let b = Generator::new(42, Scenario::Clean, 1_000_000, 50.0);
+        for i in [0, 1, 17, 99_999] {
+            assert_eq!(a.event(i), b.event(i));
+        }
+        let c = Generator::new(43, Scenario::Clean, 1_000_000, 50.0);
+        assert_ne!(a.event(5), c.event(5));
+    }
+
+    #[test]
+    fn realistic_mix() {
+        let g = Generator::new(1, Scenario::Clean, 0, 100.0);
+        let n = 100_000;
+        let mut status: HashMap<String, usize> = HashMap::new();
+        let mut titles: HashMap<String, usize> = HashMap::new();
+        let mut late = 0;
+        for i in 0..n {
+            let e = g.event(i);
+            *status.entry(e.download.status.clone()).or_default() += 1;
+            *titles.entry(e.content.content_id.clone()).or_default() += 1;
+            if e.timestamp < g.nominal_time(i) - DISORDER_MS {
+                late += 1;
+            }
+            assert!(e.download.speed_mbps >= 1.0);
+        }
+        let share = |s: &str| status[s] as f64 / n as f64;
+        assert!((0.88..0.94).contains(&share("success")), "{status:?}");
+        assert!((0.04..0.06).contains(&share("failed")), "{status:?}");
+        assert!((0.02..0.04).contains(&share("cancelled")), "{status:?}");
+        assert!(titles["mov_avengers_2"] > titles["mov_taylor_swift"]);
+        assert!(titles.len() > 150, "a long tail of titles: {}", titles.len());
+        assert!((300..700).contains(&late), "about 0.5% late: {late}");
+    }
+
+    #[test]
+    fn scenario_degrades_only_its_region_in_its_span() {
+        let g = Generator::new(3, Scenario::CdnOutage, 0, 100.0);
+        let (mut inside, mut outside) = ((0, 0), (0, 0));
+        for i in 0..(12 * 60 * 100) {
+            let e = g.event(i);
+            if e.user_context.region != "EU-London" {
+                continue;
+            }
+            let cdn = e.download.error_code.as_deref() == Some("cdn_timeout");
+            let slot = if g.fault_active(g.nominal_time(i)) { &mut inside } else { &mut outside };
+            slot.0 += 1;
+            slot.1 += cdn as usize;
+        }
+        assert!(inside.1 as f64 / inside.0 as f64 > 0.3);
+        assert!((outside.1 as f64 / outside.0 as f64) < 0.02);
+    }
+
+    #[test]
+    fn scenario_names_parse() {
+        for s in Scenario::ALL {
+            assert_eq!(s.name().parse::<Scenario>(), Ok(s));
+        }
+        assert!("nope".parse::<Scenario>().unwrap_err().contains("cdn-outage"));
+    }
+}

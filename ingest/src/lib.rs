@@ -1,0 +1,20 @@
+//! Everything that turns the outside world into [`Event`]s.
+//!
+//! - [`event`] owns the `Event` type (the Rust image of `schemas/event.avsc`) and [`Record`], an event
+//!   with the Kafka partition and offset it came from.
+//! - [`avro`] encodes and decodes bare Avro datums against the committed schemas, with a [`DecodeError`]
+//!   that says what was wrong.
+//! - [`generator`] is the seeded, deterministic traffic generator with named fault [`Scenario`]s.
+//! - [`source`] owns the [`Source`] trait a worker polls for records, and the in-process sources.
+//!
+//! Nothing here knows about windows or aggregates: that is the `dataflow` crate's job.
+
+pub mod avro;
+pub mod event;
+pub mod generator;
+pub mod source;
+
+pub use avro::{DecodeError, Decoder, Encoder};
+pub use event::{Content, Download, Event, Outcome, Record, UserContext};
+pub use generator::{Generator, Scenario};
+pub use source::{GeneratorSource, Pace, Poll, Source, VecSource};
