@@ -36,7 +36,9 @@ pub struct WindowKey {
 
 /// Sums over the events of one row. This is differential's diff type: the dataflow never sees an
 /// event, only these sums, pre-combined per batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Aggregate {
     pub downloads: i64,
     pub successful: i64,
@@ -61,7 +63,11 @@ impl Aggregate {
             failed: failed as i64,
             size_mb: event.content.size_mb as i64,
             duration_s: event.download.duration_seconds as i64,
-            speed_milli: if success { speed_milli(event.download.speed_mbps) } else { 0 },
+            speed_milli: if success {
+                speed_milli(event.download.speed_mbps)
+            } else {
+                0
+            },
             cdn_timeouts: (failed && event.download.error_code.as_deref() == Some("cdn_timeout"))
                 as i64,
         }
@@ -162,8 +168,12 @@ mod tests {
         }
         assert_eq!(total.downloads, 500);
         assert_eq!(
-            total.successful + total.failed
-                + events.iter().filter(|e| e.download.status == "cancelled").count() as i64,
+            total.successful
+                + total.failed
+                + events
+                    .iter()
+                    .filter(|e| e.download.status == "cancelled")
+                    .count() as i64,
             500
         );
         total.plus_equals(&total.negated());

@@ -35,12 +35,19 @@ impl KeyRef<'_> {
     fn to_key(self) -> Key {
         match self {
             KeyRef::Total => Key::Total,
-            KeyRef::Content(id, title) => Key::Content { content_id: id.into(), title: title.into() },
+            KeyRef::Content(id, title) => Key::Content {
+                content_id: id.into(),
+                title: title.into(),
+            },
             KeyRef::Region(region) => Key::Region(region.into()),
-            KeyRef::Device(device, os) => Key::Device { device: device.into(), os_version: os.into() },
-            KeyRef::Error(region, code) => {
-                Key::Error { region: region.into(), error_code: code.into() }
-            }
+            KeyRef::Device(device, os) => Key::Device {
+                device: device.into(),
+                os_version: os.into(),
+            },
+            KeyRef::Error(region, code) => Key::Error {
+                region: region.into(),
+                error_code: code.into(),
+            },
             KeyRef::Late(partition) => Key::Late { partition },
         }
     }
@@ -72,7 +79,11 @@ pub fn combine<'a>(
         }
         let user = &event.user_context;
         add(window, KeyRef::Total, &agg);
-        add(window, KeyRef::Content(&event.content.content_id, &event.content.title), &agg);
+        add(
+            window,
+            KeyRef::Content(&event.content.content_id, &event.content.title),
+            &agg,
+        );
         add(window, KeyRef::Region(&user.region), &agg);
         add(window, KeyRef::Device(&user.device, &user.os_version), &agg);
         if let Some(code) = event.download.error_code.as_deref() {
@@ -81,10 +92,15 @@ pub fn combine<'a>(
             }
         }
     }
-    out.extend(
-        sums.into_iter()
-            .map(|((window, key), agg)| (WindowKey { window, key: key.to_key() }, agg)),
-    );
+    out.extend(sums.into_iter().map(|((window, key), agg)| {
+        (
+            WindowKey {
+                window,
+                key: key.to_key(),
+            },
+            agg,
+        )
+    }));
     late
 }
 
@@ -138,13 +154,20 @@ mod tests {
     fn combine_counts_each_event_once_per_collection() {
         let g = Generator::new(9, Scenario::CdnOutage, 0, 50.0);
         let records: Vec<Record> = (0..5_000)
-            .map(|i| Record { partition: (i % 3) as u32, offset: (i / 3) as i64, event: g.event(i) })
+            .map(|i| Record {
+                partition: (i % 3) as u32,
+                offset: (i / 3) as i64,
+                event: g.event(i),
+            })
             .collect();
         let mut clock = Clock::new(5_000, 30_000);
         let mut out = Vec::new();
         let late = combine(&records, &mut clock, 60_000, Instant::now(), &mut out);
         let downloads = |pick: fn(&Key) -> bool| -> i64 {
-            out.iter().filter(|(k, _)| pick(&k.key)).map(|(_, a)| a.downloads).sum()
+            out.iter()
+                .filter(|(k, _)| pick(&k.key))
+                .map(|(_, a)| a.downloads)
+                .sum()
         };
         let accepted = 5_000 - late as i64;
         assert!(late > 0, "the generator sends some late events");
@@ -160,14 +183,29 @@ mod tests {
     #[test]
     fn ledger_retracts_whole_windows() {
         let mut ledger = Ledger::default();
-        let row = |w: i64| WindowKey { window: Window(w), key: Key::Total };
-        let one = Aggregate { downloads: 1, ..Default::default() };
+        let row = |w: i64| WindowKey {
+            window: Window(w),
+            key: Key::Total,
+        };
+        let one = Aggregate {
+            downloads: 1,
+            ..Default::default()
+        };
         ledger.add(&row(0), &one);
         ledger.add(&row(0), &one);
         ledger.add(&row(60_000), &one);
         assert!(ledger.expire(59_999, 60_000).is_empty());
         let gone = ledger.expire(60_000, 60_000);
-        assert_eq!(gone, vec![(row(0), Aggregate { downloads: -2, ..Default::default() })]);
+        assert_eq!(
+            gone,
+            vec![(
+                row(0),
+                Aggregate {
+                    downloads: -2,
+                    ..Default::default()
+                }
+            )]
+        );
         assert_eq!(ledger.windows(), 1);
     }
 }

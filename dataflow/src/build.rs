@@ -19,8 +19,8 @@ use std::rc::Rc;
 
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::count::CountTotal;
-use serde::{Deserialize, Serialize};
 use differential_dataflow::AsCollection;
+use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
@@ -34,9 +34,18 @@ use crate::window::{Time, Window};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Derived {
     /// Rank `rank` (from 1) of the window's trending list.
-    Top { window: Window, rank: u32, content_id: String, title: String, downloads: i64 },
+    Top {
+        window: Window,
+        rank: u32,
+        content_id: String,
+        title: String,
+        downloads: i64,
+    },
     /// How many distinct titles were downloaded in the window.
-    UniqueContent { window: Window, count: i64 },
+    UniqueContent {
+        window: Window,
+        count: i64,
+    },
     Alert(Alert),
 }
 
@@ -53,9 +62,17 @@ impl Derived {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// A row's sums changed by `delta`.
-    Stat { row: WindowKey, delta: Aggregate, time: Time },
+    Stat {
+        row: WindowKey,
+        delta: Aggregate,
+        time: Time,
+    },
     /// A derived row appeared (`diff` 1) or disappeared (`diff` -1).
-    Derived { row: Derived, time: Time, diff: isize },
+    Derived {
+        row: Derived,
+        time: Time,
+        diff: isize,
+    },
 }
 
 /// The handles a driver needs: where to feed, how far the output is, and what came out.
@@ -112,10 +129,15 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
         let unique = content
             .map(|(window, _)| window)
             .count()
-            .map(|(window, count)| Derived::UniqueContent { window, count: count as i64 });
+            .map(|(window, count)| Derived::UniqueContent {
+                window,
+                count: count as i64,
+            });
 
         let alerts = counted.flat_map(move |(row, agg)| {
-            let Key::Region(region) = row.key else { return Vec::new() };
+            let Key::Region(region) = row.key else {
+                return Vec::new();
+            };
             rules
                 .evaluate(&agg)
                 .into_iter()
@@ -144,7 +166,10 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                 if offsets.len() == sustained as usize {
                     let mut measure = Aggregate::default();
                     for ((_, agg), _) in offsets {
-                        differential_dataflow::difference::Semigroup::plus_equals(&mut measure, agg);
+                        differential_dataflow::difference::Semigroup::plus_equals(
+                            &mut measure,
+                            agg,
+                        );
                     }
                     let alert = Alert {
                         window: *window,
@@ -171,7 +196,11 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             .inspect_batch(move |_, updates| {
                 let mut sink = sink.borrow_mut();
                 for (row, time, delta) in updates {
-                    sink.push(Change::Stat { row: row.clone(), delta: *delta, time: *time });
+                    sink.push(Change::Stat {
+                        row: row.clone(),
+                        delta: *delta,
+                        time: *time,
+                    });
                 }
             })
             .probe_with(&probe);
@@ -183,7 +212,11 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             .inspect_batch(move |_, updates| {
                 let mut sink = sink.borrow_mut();
                 for (row, time, diff) in updates {
-                    sink.push(Change::Derived { row: row.clone(), time: *time, diff: *diff });
+                    sink.push(Change::Derived {
+                        row: row.clone(),
+                        time: *time,
+                        diff: *diff,
+                    });
                 }
             })
             .probe_with(&probe);
@@ -191,5 +224,9 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
         (input, probe)
     });
 
-    Dataflow { input, probe, output }
+    Dataflow {
+        input,
+        probe,
+        output,
+    }
 }

@@ -51,7 +51,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { batch_max: 100_000, max_wait: Duration::from_secs(1) }
+        Limits {
+            batch_max: 100_000,
+            max_wait: Duration::from_secs(1),
+        }
     }
 }
 
@@ -95,7 +98,9 @@ pub fn run_worker(
             if !records.is_empty() {
                 let fed_at = *session.time();
                 let late = combine(&records, &mut clock, config.window_ms, now, &mut updates);
-                counters.events.fetch_add(records.len() as u64, Ordering::Relaxed);
+                counters
+                    .events
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 counters.late.fetch_add(late as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 records.clear();
@@ -119,7 +124,9 @@ pub fn run_worker(
                 }
             }
             let windows = ledger.windows() as u64;
-            counters.ledger_windows.fetch_add(windows.wrapping_sub(ledger_windows), Ordering::Relaxed);
+            counters
+                .ledger_windows
+                .fetch_add(windows.wrapping_sub(ledger_windows), Ordering::Relaxed);
             ledger_windows = windows;
             session.flush();
         }
@@ -137,7 +144,11 @@ pub fn run_worker(
                 }
             }
             _ => {
-                let park = if poll == Poll::Idle { Some(Duration::from_millis(5)) } else { None };
+                let park = if poll == Poll::Idle {
+                    Some(Duration::from_millis(5))
+                } else {
+                    None
+                };
                 worker.step_or_park(park.or(Some(Duration::ZERO)));
             }
         }
@@ -154,13 +165,18 @@ pub fn run_worker(
         if input.is_none() && probe.done() && buffer.borrow().is_empty() {
             if let Some(tx) = output {
                 if last_frontier != Some(None) {
-                    let _ = tx.send(Update { changes: Vec::new(), frontier: None });
+                    let _ = tx.send(Update {
+                        changes: Vec::new(),
+                        frontier: None,
+                    });
                 }
             }
             break;
         }
     }
-    counters.ledger_windows.fetch_sub(ledger_windows, Ordering::Relaxed);
+    counters
+        .ledger_windows
+        .fetch_sub(ledger_windows, Ordering::Relaxed);
 }
 
 /// Runs the dataflow on timely workers built from `timely_config` and blocks until all are done.
@@ -184,7 +200,15 @@ where
         let peers = worker.peers();
         let mut source = make_source(index, peers);
         let output = if index == 0 { output.as_ref() } else { None };
-        run_worker(worker, &config, limits, source.as_mut(), output, &stop, &counters);
+        run_worker(
+            worker,
+            &config,
+            limits,
+            source.as_mut(),
+            output,
+            &stop,
+            &counters,
+        );
     })?;
     for result in guards.join() {
         result?;

@@ -18,8 +18,12 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 4] =
-        [Rule::HighErrorRate, Rule::SustainedErrorRate, Rule::SlowDownloads, Rule::CdnFailure];
+    pub const ALL: [Rule; 4] = [
+        Rule::HighErrorRate,
+        Rule::SustainedErrorRate,
+        Rule::SlowDownloads,
+        Rule::CdnFailure,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -80,7 +84,11 @@ impl Alert {
         let v = self.metric_value();
         match self.rule {
             Rule::HighErrorRate => {
-                format!("Download error rate in {} is {:.1}%", self.region, v * 100.0)
+                format!(
+                    "Download error rate in {} is {:.1}%",
+                    self.region,
+                    v * 100.0
+                )
             }
             Rule::SustainedErrorRate => format!(
                 "Download error rate in {} has been high for consecutive windows ({:.1}% overall)",

@@ -41,9 +41,13 @@ impl WindowState {
         let mut top: Vec<_> = self
             .present()
             .filter_map(|row| match row {
-                Derived::Top { rank, content_id, title, downloads, .. } => {
-                    Some((*rank, content_id.as_str(), title.as_str(), *downloads))
-                }
+                Derived::Top {
+                    rank,
+                    content_id,
+                    title,
+                    downloads,
+                    ..
+                } => Some((*rank, content_id.as_str(), title.as_str(), *downloads)),
                 _ => None,
             })
             .collect();
@@ -60,7 +64,10 @@ impl WindowState {
 
     /// Derived rows currently in the collection.
     fn present(&self) -> impl Iterator<Item = &Derived> {
-        self.derived.iter().filter(|(_, &count)| count > 0).map(|(row, _)| row)
+        self.derived
+            .iter()
+            .filter(|(_, &count)| count > 0)
+            .map(|(row, _)| row)
     }
 
     fn is_empty(&self) -> bool {
@@ -79,7 +86,12 @@ pub struct View {
 
 impl View {
     pub fn new(window_ms: i64) -> View {
-        View { window_ms, windows: BTreeMap::new(), frontier: Some(0), updates: 0 }
+        View {
+            window_ms,
+            windows: BTreeMap::new(),
+            frontier: Some(0),
+            updates: 0,
+        }
     }
 
     pub fn apply(&mut self, update: Update) {
@@ -155,10 +167,15 @@ impl View {
         self.windows
             .iter()
             .flat_map(|(window, state)| {
-                state
-                    .stats
-                    .iter()
-                    .map(|(key, agg)| (WindowKey { window: *window, key: key.clone() }, *agg))
+                state.stats.iter().map(|(key, agg)| {
+                    (
+                        WindowKey {
+                            window: *window,
+                            key: key.clone(),
+                        },
+                        *agg,
+                    )
+                })
             })
             .collect()
     }
@@ -167,7 +184,12 @@ impl View {
     pub fn derived(&self) -> BTreeMap<Derived, isize> {
         self.windows
             .values()
-            .flat_map(|state| state.derived.iter().map(|(row, count)| (row.clone(), *count)))
+            .flat_map(|state| {
+                state
+                    .derived
+                    .iter()
+                    .map(|(row, count)| (row.clone(), *count))
+            })
             .collect()
     }
 }

@@ -62,14 +62,19 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(lateness_ms: i64, idle_timeout_ms: u64) -> Clock {
-        Clock { lateness_ms, idle_timeout_ms, partitions: BTreeMap::new() }
+        Clock {
+            lateness_ms,
+            idle_timeout_ms,
+            partitions: BTreeMap::new(),
+        }
     }
 
     /// Starts tracking a partition. Until it delivers a record or goes idle, it holds the watermark.
     pub fn register(&mut self, partition: u32, now: Instant) {
-        self.partitions
-            .entry(partition)
-            .or_insert(PartitionClock { max_ts: None, last_seen: now });
+        self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: None,
+            last_seen: now,
+        });
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
@@ -78,10 +83,10 @@ impl Clock {
 
     /// Records an event; returns whether it is on time (`true`) or late (`false`).
     pub fn observe(&mut self, partition: u32, timestamp: i64, now: Instant) -> bool {
-        let clock = self
-            .partitions
-            .entry(partition)
-            .or_insert(PartitionClock { max_ts: None, last_seen: now });
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: None,
+            last_seen: now,
+        });
         clock.last_seen = now;
         match clock.max_ts {
             Some(max) if timestamp < max - self.lateness_ms => false,
@@ -101,7 +106,8 @@ impl Clock {
     pub fn watermark(&self, now: Instant) -> Option<i64> {
         let mut watermark: Option<i64> = None;
         for clock in self.partitions.values() {
-            let idle = now.duration_since(clock.last_seen).as_millis() as u64 >= self.idle_timeout_ms;
+            let idle =
+                now.duration_since(clock.last_seen).as_millis() as u64 >= self.idle_timeout_ms;
             match (clock.max_ts, idle) {
                 (_, true) => continue,
                 (None, false) => return None,
@@ -142,9 +148,15 @@ mod tests {
         let now = Instant::now();
         let mut clock = Clock::new(5_000, 30_000);
         assert!(clock.observe(0, 100_000, now));
-        assert!(clock.observe(0, 95_000, now), "exactly at the bound is on time");
+        assert!(
+            clock.observe(0, 95_000, now),
+            "exactly at the bound is on time"
+        );
         assert!(!clock.observe(0, 94_999, now));
-        assert!(clock.observe(1, 10_000, now), "another partition has its own clock");
+        assert!(
+            clock.observe(1, 10_000, now),
+            "another partition has its own clock"
+        );
         assert_eq!(clock.watermark(now), Some(5_000));
     }
 
@@ -155,7 +167,11 @@ mod tests {
         clock.register(0, start);
         clock.register(1, start);
         clock.observe(0, 50_000, start);
-        assert_eq!(clock.watermark(start), None, "partition 1 has said nothing yet");
+        assert_eq!(
+            clock.watermark(start),
+            None,
+            "partition 1 has said nothing yet"
+        );
         let later = start + Duration::from_millis(1_500);
         clock.observe(0, 60_000, later);
         assert_eq!(clock.watermark(later), Some(60_000));

@@ -34,10 +34,20 @@ struct Run {
 }
 
 /// Runs the dataflow over `records` with `workers` workers until the input is exhausted.
-fn run(records: &[Record], partitions: u32, workers: usize, config: &Config, batch_max: usize) -> Run {
+fn run(
+    records: &[Record],
+    partitions: u32,
+    workers: usize,
+    config: &Config,
+    batch_max: usize,
+) -> Run {
     let per_worker: Vec<std::sync::Mutex<Option<Vec<Record>>>> = (0..workers)
         .map(|w| {
-            let mine = records.iter().filter(|r| owns(r.partition, w, workers)).cloned().collect();
+            let mine = records
+                .iter()
+                .filter(|r| owns(r.partition, w, workers))
+                .cloned()
+                .collect();
             std::sync::Mutex::new(Some(mine))
         })
         .collect();
@@ -54,15 +64,26 @@ fn run(records: &[Record], partitions: u32, workers: usize, config: &Config, bat
             max_view = max_view.max(view.windows().len());
             max_ledger = max_ledger.max(watched.ledger_windows.load(Ordering::Relaxed));
         }
-        Run { view, max_view_windows: max_view, max_ledger_windows: max_ledger }
+        Run {
+            view,
+            max_view_windows: max_view,
+            max_ledger_windows: max_ledger,
+        }
     });
-    let limits = Limits { batch_max, ..Limits::default() };
+    let limits = Limits {
+        batch_max,
+        ..Limits::default()
+    };
     execute(
         timely::Config::process(workers),
         config.clone(),
         limits,
         move |w, peers| {
-            let mine = per_worker[w].lock().unwrap().take().expect("each worker takes its records once");
+            let mine = per_worker[w]
+                .lock()
+                .unwrap()
+                .take()
+                .expect("each worker takes its records once");
             let parts = (0..partitions).filter(|&p| owns(p, w, peers)).collect();
             Box::new(VecSource::new(parts, mine))
         },
@@ -85,7 +106,12 @@ fn oracle(records: &[Record], config: &Config) -> Oracle {
     let mut newest: BTreeMap<u32, i64> = BTreeMap::new();
     let mut stats: BTreeMap<WindowKey, Aggregate> = BTreeMap::new();
     let mut bump = |window: i64, key: Key, e: &streampulse_ingest::Event| {
-        let a = stats.entry(WindowKey { window: Window(window), key }).or_default();
+        let a = stats
+            .entry(WindowKey {
+                window: Window(window),
+                key,
+            })
+            .or_default();
         let ok = e.download.status == "success";
         let failed = e.download.status == "failed";
         a.downloads += 1;
@@ -106,7 +132,13 @@ fn oracle(records: &[Record], config: &Config) -> Oracle {
         let window = ts.div_euclid(w) * w;
         let max = newest.get(&r.partition).copied();
         if matches!(max, Some(m) if ts < m - config.lateness_ms) {
-            bump(window, Key::Late { partition: r.partition }, e);
+            bump(
+                window,
+                Key::Late {
+                    partition: r.partition,
+                },
+                e,
+            );
             continue;
         }
         newest.insert(r.partition, max.map_or(ts, |m| m.max(ts)));
@@ -114,14 +146,31 @@ fn oracle(records: &[Record], config: &Config) -> Oracle {
         bump(window, Key::Total, e);
         bump(
             window,
-            Key::Content { content_id: e.content.content_id.clone(), title: e.content.title.clone() },
+            Key::Content {
+                content_id: e.content.content_id.clone(),
+                title: e.content.title.clone(),
+            },
             e,
         );
         bump(window, Key::Region(u.region.clone()), e);
-        bump(window, Key::Device { device: u.device.clone(), os_version: u.os_version.clone() }, e);
+        bump(
+            window,
+            Key::Device {
+                device: u.device.clone(),
+                os_version: u.os_version.clone(),
+            },
+            e,
+        );
         if e.download.status == "failed" {
             if let Some(code) = &e.download.error_code {
-                bump(window, Key::Error { region: u.region.clone(), error_code: code.clone() }, e);
+                bump(
+                    window,
+                    Key::Error {
+                        region: u.region.clone(),
+                        error_code: code.clone(),
+                    },
+                    e,
+                );
             }
         }
     }
@@ -150,7 +199,14 @@ fn oracle(records: &[Record], config: &Config) -> Oracle {
                 };
                 if a.failed as f64 / n > rules.error_rate {
                     let critical = (a.successful as f64 / n) < rules.critical_success_rate;
-                    fire(Rule::HighErrorRate, if critical { Severity::Critical } else { Severity::Warning });
+                    fire(
+                        Rule::HighErrorRate,
+                        if critical {
+                            Severity::Critical
+                        } else {
+                            Severity::Warning
+                        },
+                    );
                     high.insert((region.clone(), row.window), *a);
                 }
                 if a.successful > 0
@@ -190,17 +246,30 @@ fn oracle(records: &[Record], config: &Config) -> Oracle {
         }
     }
     for (window, mut titles) in by_window {
-        derived.insert(Derived::UniqueContent { window, count: titles.len() as i64 });
+        derived.insert(Derived::UniqueContent {
+            window,
+            count: titles.len() as i64,
+        });
         titles.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        for (i, (downloads, content_id, title)) in titles.into_iter().take(config.top_k).enumerate() {
-            derived.insert(Derived::Top { window, rank: i as u32 + 1, content_id, title, downloads });
+        for (i, (downloads, content_id, title)) in titles.into_iter().take(config.top_k).enumerate()
+        {
+            derived.insert(Derived::Top {
+                window,
+                rank: i as u32 + 1,
+                content_id,
+                title,
+                downloads,
+            });
         }
     }
     Oracle { stats, derived }
 }
 
 fn long_retention() -> Config {
-    Config { retain_ms: 7 * 24 * 3_600_000, ..Config::default() }
+    Config {
+        retain_ms: 7 * 24 * 3_600_000,
+        ..Config::default()
+    }
 }
 
 /// Compares every collection of a finished run with the oracle.
@@ -212,11 +281,17 @@ fn assert_matches_oracle(view: &View, expected: &Oracle) {
         assert_eq!(got.get(row), Some(agg), "row {row:?}");
     }
     let derived = view.derived();
-    assert!(derived.values().all(|&c| c == 1), "every derived row present once");
+    assert!(
+        derived.values().all(|&c| c == 1),
+        "every derived row present once"
+    );
     let derived: BTreeSet<_> = derived.into_keys().collect();
     let missing: Vec<_> = expected.derived.difference(&derived).take(5).collect();
     let extra: Vec<_> = derived.difference(&expected.derived).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}\nextra {extra:?}"
+    );
 }
 
 fn alerts(view: &View) -> BTreeSet<(Rule, String, Window)> {
@@ -232,11 +307,21 @@ fn alerts(view: &View) -> BTreeSet<(Rule, String, Window)> {
 #[test]
 fn generated_inputs_match_the_oracle_on_one_and_two_workers() {
     let config = long_retention();
-    for (seed, scenario) in [(1, Scenario::Clean), (2, Scenario::CdnOutage), (3, Scenario::SlowDownloads)] {
+    for (seed, scenario) in [
+        (1, Scenario::Clean),
+        (2, Scenario::CdnOutage),
+        (3, Scenario::SlowDownloads),
+    ] {
         let records = generate(seed, scenario, 150.0, 12 * 60 * 150, 4);
         let expected = oracle(&records, &config);
-        let late = expected.stats.iter().filter(|(k, _)| matches!(k.key, Key::Late { .. }));
-        assert!(late.map(|(_, a)| a.downloads).sum::<i64>() > 100, "the input has late events");
+        let late = expected
+            .stats
+            .iter()
+            .filter(|(k, _)| matches!(k.key, Key::Late { .. }));
+        assert!(
+            late.map(|(_, a)| a.downloads).sum::<i64>() > 100,
+            "the input has late events"
+        );
 
         let one = run(&records, 4, 1, &config, 5_000);
         assert_matches_oracle(&one.view, &expected);
@@ -274,7 +359,13 @@ fn shuffled_inputs_with_heavy_disorder_match_the_oracle() {
         }
         let expected = oracle(&interleaved, &config);
         for workers in [1, 2] {
-            let got = run(&interleaved, 3, workers, &config, rng.range(100, 3_000) as usize);
+            let got = run(
+                &interleaved,
+                3,
+                workers,
+                &config,
+                rng.range(100, 3_000) as usize,
+            );
             assert_matches_oracle(&got.view, &expected);
         }
     }
@@ -287,46 +378,97 @@ fn each_scenario_raises_exactly_its_alerts() {
     let fault = |minute: i64| Window(START + minute * w);
     let inside: Vec<Window> = (FAULT_START_MIN..FAULT_END_MIN).map(fault).collect();
 
-    let clean = run(&generate(21, Scenario::Clean, 200.0, 12 * 60 * 200, 4), 4, 2, &config, 10_000);
-    assert!(alerts(&clean.view).is_empty(), "clean run raised {:?}", alerts(&clean.view));
+    let clean = run(
+        &generate(21, Scenario::Clean, 200.0, 12 * 60 * 200, 4),
+        4,
+        2,
+        &config,
+        10_000,
+    );
+    assert!(
+        alerts(&clean.view).is_empty(),
+        "clean run raised {:?}",
+        alerts(&clean.view)
+    );
 
-    let outage = run(&generate(22, Scenario::CdnOutage, 200.0, 12 * 60 * 200, 4), 4, 2, &config, 10_000);
+    let outage = run(
+        &generate(22, Scenario::CdnOutage, 200.0, 12 * 60 * 200, 4),
+        4,
+        2,
+        &config,
+        10_000,
+    );
     let raised = alerts(&outage.view);
     for (rule, region, window) in &raised {
         assert_eq!(region, "EU-London");
-        assert!(matches!(rule, Rule::HighErrorRate | Rule::CdnFailure | Rule::SustainedErrorRate));
-        assert!(window.0 >= inside[0].0 && window.0 <= inside.last().unwrap().0 + w, "{window:?}");
+        assert!(matches!(
+            rule,
+            Rule::HighErrorRate | Rule::CdnFailure | Rule::SustainedErrorRate
+        ));
+        assert!(
+            window.0 >= inside[0].0 && window.0 <= inside.last().unwrap().0 + w,
+            "{window:?}"
+        );
     }
     for (i, window) in inside.iter().enumerate() {
         let london = || "EU-London".to_string();
         assert!(raised.contains(&(Rule::HighErrorRate, london(), *window)));
         assert!(raised.contains(&(Rule::CdnFailure, london(), *window)));
         let sustained = raised.contains(&(Rule::SustainedErrorRate, london(), *window));
-        assert_eq!(sustained, i >= 2, "sustained from the third faulty window on: {window:?}");
+        assert_eq!(
+            sustained,
+            i >= 2,
+            "sustained from the third faulty window on: {window:?}"
+        );
     }
 
-    let slow = run(&generate(23, Scenario::SlowDownloads, 200.0, 12 * 60 * 200, 4), 4, 2, &config, 10_000);
+    let slow = run(
+        &generate(23, Scenario::SlowDownloads, 200.0, 12 * 60 * 200, 4),
+        4,
+        2,
+        &config,
+        10_000,
+    );
     let raised = alerts(&slow.view);
-    let expected: BTreeSet<_> =
-        inside.iter().map(|w| (Rule::SlowDownloads, "ASIA-Tokyo".to_string(), *w)).collect();
+    let expected: BTreeSet<_> = inside
+        .iter()
+        .map(|w| (Rule::SlowDownloads, "ASIA-Tokyo".to_string(), *w))
+        .collect();
     // The span's edges may catch a slow window on either side (timestamps are shuffled by seconds).
     assert!(raised.is_superset(&expected), "{raised:?}");
-    assert!(raised.iter().all(|(rule, region, _)| *rule == Rule::SlowDownloads && region == "ASIA-Tokyo"));
+    assert!(raised
+        .iter()
+        .all(|(rule, region, _)| *rule == Rule::SlowDownloads && region == "ASIA-Tokyo"));
     assert!(raised.len() <= expected.len() + 2);
 }
 
 #[test]
 fn memory_stays_bounded_over_many_hours() {
     // Six hours of event time, 10 minutes retained: the windows in memory stay level.
-    let config = Config { retain_ms: 10 * 60_000, ..Config::default() };
+    let config = Config {
+        retain_ms: 10 * 60_000,
+        ..Config::default()
+    };
     let records = generate(31, Scenario::Clean, 10.0, 6 * 3_600 * 10, 4);
     // 300 records a batch per worker is a minute of event time: the view may run a batch ahead.
     let got = run(&records, 4, 2, &config, 300);
     let kept = (config.retain_ms / config.window_ms) as usize;
     // Retained windows, plus the one the frontier is in, plus up to two batches in flight ahead of it.
-    assert!(got.max_view_windows <= kept + 6, "view held {} windows", got.max_view_windows);
-    assert!(got.max_ledger_windows as usize <= 2 * (kept + 6), "ledgers held {}", got.max_ledger_windows);
-    assert!(got.max_view_windows >= kept, "retention keeps what it should: {}", got.max_view_windows);
+    assert!(
+        got.max_view_windows <= kept + 6,
+        "view held {} windows",
+        got.max_view_windows
+    );
+    assert!(
+        got.max_ledger_windows as usize <= 2 * (kept + 6),
+        "ledgers held {}",
+        got.max_ledger_windows
+    );
+    assert!(
+        got.max_view_windows >= kept,
+        "retention keeps what it should: {}",
+        got.max_view_windows
+    );
     // What is left is the newest windows, complete.
     let newest = got.view.newest().unwrap();
     let oldest = *got.view.windows().keys().next().unwrap();

@@ -25,7 +25,9 @@ pub const EVENT_SCHEMA_V2: &str = include_str!("../../schemas/event-v2.avsc");
 /// The parsed version-1 schema, parsed on first use.
 pub fn schema_v1() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
-    SCHEMA.get_or_init(|| Schema::parse_str(EVENT_SCHEMA_V1).expect("schemas/event.avsc is valid Avro"))
+    SCHEMA.get_or_init(|| {
+        Schema::parse_str(EVENT_SCHEMA_V1).expect("schemas/event.avsc is valid Avro")
+    })
 }
 
 /// The parsed version-2 schema, parsed on first use.
@@ -91,7 +93,10 @@ pub fn validate(event: &Event) -> Result<(), DecodeError> {
     if event.outcome().is_none() {
         return Err(DecodeError::Invalid {
             field: "download.status",
-            reason: format!("{:?} is not success, failed or cancelled", event.download.status),
+            reason: format!(
+                "{:?} is not success, failed or cancelled",
+                event.download.status
+            ),
         });
     }
     if event.timestamp < 0 {
@@ -103,7 +108,10 @@ pub fn validate(event: &Event) -> Result<(), DecodeError> {
     if !event.download.speed_mbps.is_finite() || event.download.speed_mbps < 0.0 {
         return Err(DecodeError::Invalid {
             field: "download.speed_mbps",
-            reason: format!("{} is not a finite non-negative number", event.download.speed_mbps),
+            reason: format!(
+                "{} is not a finite non-negative number",
+                event.download.speed_mbps
+            ),
         });
     }
     if event.download.duration_seconds < 0 || event.content.size_mb < 0 {
@@ -167,7 +175,10 @@ mod tests {
         let bytes = encoder.encode(&event);
 
         assert_eq!(decoder.decode(&[]), Err(DecodeError::Empty));
-        assert!(matches!(decoder.decode(&bytes[..bytes.len() / 2]), Err(DecodeError::Avro(_))));
+        assert!(matches!(
+            decoder.decode(&bytes[..bytes.len() / 2]),
+            Err(DecodeError::Avro(_))
+        ));
         let mut long = bytes.clone();
         long.extend_from_slice(&[1, 2, 3]);
         assert_eq!(decoder.decode(&long), Err(DecodeError::TrailingBytes(3)));

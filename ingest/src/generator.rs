@@ -40,7 +40,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::Clean, Scenario::CdnOutage, Scenario::SlowDownloads];
+    pub const ALL: [Scenario; 3] = [
+        Scenario::Clean,
+        Scenario::CdnOutage,
+        Scenario::SlowDownloads,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -74,7 +78,10 @@ impl FromStr for Scenario {
             .find(|sc| sc.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                format!("unknown scenario {s:?}; expected one of {}", names.join(", "))
+                format!(
+                    "unknown scenario {s:?}; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -111,7 +118,9 @@ impl Rng {
     fn weighted(&mut self, cumulative: &[f64]) -> usize {
         let total = *cumulative.last().expect("weights are not empty");
         let x = self.unit() * total;
-        cumulative.partition_point(|&c| c <= x).min(cumulative.len() - 1)
+        cumulative
+            .partition_point(|&c| c <= x)
+            .min(cumulative.len() - 1)
     }
 }
 
@@ -125,13 +134,55 @@ struct Title {
 }
 
 const HITS: [(&str, &str, &str, &str, i32, f32); 8] = [
-    ("mov_avengers_2", "Avengers: Endgame 2", "movie", "action", 4200, 19.99),
-    ("mov_taylor_swift", "Taylor Swift: Eras Tour", "music_doc", "music", 3200, 14.99),
-    ("mov_batman", "The Batman Returns", "movie", "action", 3800, 19.99),
+    (
+        "mov_avengers_2",
+        "Avengers: Endgame 2",
+        "movie",
+        "action",
+        4200,
+        19.99,
+    ),
+    (
+        "mov_taylor_swift",
+        "Taylor Swift: Eras Tour",
+        "music_doc",
+        "music",
+        3200,
+        14.99,
+    ),
+    (
+        "mov_batman",
+        "The Batman Returns",
+        "movie",
+        "action",
+        3800,
+        19.99,
+    ),
     ("mov_barbie_2", "Barbie 2", "movie", "comedy", 2900, 17.99),
-    ("tv_severance_s3", "Severance S3", "tv_show", "drama", 1800, 9.99),
-    ("app_photo_pro", "Photo Pro", "app", "productivity", 450, 4.99),
-    ("game_star_quest", "Star Quest", "game", "adventure", 28000, 59.99),
+    (
+        "tv_severance_s3",
+        "Severance S3",
+        "tv_show",
+        "drama",
+        1800,
+        9.99,
+    ),
+    (
+        "app_photo_pro",
+        "Photo Pro",
+        "app",
+        "productivity",
+        450,
+        4.99,
+    ),
+    (
+        "game_star_quest",
+        "Star Quest",
+        "game",
+        "adventure",
+        28000,
+        59.99,
+    ),
     ("book_deep_sea", "The Deep Sea", "book", "science", 12, 7.99),
 ];
 const TAIL_KINDS: [(&str, &str, i32); 5] = [
@@ -145,7 +196,11 @@ const TAIL_KINDS: [(&str, &str, i32); 5] = [
 const TAIL: usize = 192;
 
 const REGIONS: [(&str, &[&str], f64); 10] = [
-    ("US-California", &["San Francisco", "Los Angeles", "San Diego"], 20.0),
+    (
+        "US-California",
+        &["San Francisco", "Los Angeles", "San Diego"],
+        20.0,
+    ),
     ("US-Texas", &["Austin", "Dallas"], 10.0),
     ("US-NewYork", &["New York City", "Buffalo"], 12.0),
     ("EU-London", &["London"], 10.0),
@@ -172,7 +227,11 @@ const CONNECTIONS: [&str; 4] = ["wifi", "5g", "4g", "ethernet"];
 
 const ERRORS: [(&str, &str, f64); 4] = [
     ("cdn_timeout", "CDN server timeout - try again", 20.0),
-    ("network_error", "Network connection lost during download", 45.0),
+    (
+        "network_error",
+        "Network connection lost during download",
+        45.0,
+    ),
     ("disk_full", "Insufficient storage space on device", 20.0),
     ("auth_failed", "Authentication token expired", 15.0),
 ];
@@ -413,7 +472,11 @@ mod tests {
         assert!((0.04..0.06).contains(&share("failed")), "{status:?}");
         assert!((0.02..0.04).contains(&share("cancelled")), "{status:?}");
         assert!(titles["mov_avengers_2"] > titles["mov_taylor_swift"]);
-        assert!(titles.len() > 150, "a long tail of titles: {}", titles.len());
+        assert!(
+            titles.len() > 150,
+            "a long tail of titles: {}",
+            titles.len()
+        );
         assert!((300..700).contains(&late), "about 0.5% late: {late}");
     }
 
@@ -427,7 +490,11 @@ mod tests {
                 continue;
             }
             let cdn = e.download.error_code.as_deref() == Some("cdn_timeout");
-            let slot = if g.fault_active(g.nominal_time(i)) { &mut inside } else { &mut outside };
+            let slot = if g.fault_active(g.nominal_time(i)) {
+                &mut inside
+            } else {
+                &mut outside
+            };
             slot.0 += 1;
             slot.1 += cdn as usize;
         }
@@ -440,6 +507,9 @@ mod tests {
         for s in Scenario::ALL {
             assert_eq!(s.name().parse::<Scenario>(), Ok(s));
         }
-        assert!("nope".parse::<Scenario>().unwrap_err().contains("cdn-outage"));
+        assert!("nope"
+            .parse::<Scenario>()
+            .unwrap_err()
+            .contains("cdn-outage"));
     }
 }

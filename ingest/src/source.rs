@@ -47,7 +47,10 @@ pub struct VecSource {
 
 impl VecSource {
     pub fn new(partitions: Vec<u32>, records: Vec<Record>) -> VecSource {
-        VecSource { partitions, records: records.into_iter() }
+        VecSource {
+            partitions,
+            records: records.into_iter(),
+        }
     }
 }
 
@@ -96,8 +99,18 @@ impl GeneratorSource {
         workers: usize,
         pace: Pace,
     ) -> GeneratorSource {
-        let mine = (0..partitions).filter(|&p| owns(p, worker, workers)).collect();
-        GeneratorSource { generator, partitions, mine, worker, workers, next: 0, pace }
+        let mine = (0..partitions)
+            .filter(|&p| owns(p, worker, workers))
+            .collect();
+        GeneratorSource {
+            generator,
+            partitions,
+            mine,
+            worker,
+            workers,
+            next: 0,
+            pace,
+        }
     }
 
     fn limit(&self) -> u64 {
@@ -131,7 +144,11 @@ impl Source for GeneratorSource {
             let partition = (i % self.partitions as u64) as u32;
             if owns(partition, self.worker, self.workers) {
                 let offset = (i / self.partitions as u64) as i64;
-                out.push(Record { partition, offset, event: self.generator.event(i) });
+                out.push(Record {
+                    partition,
+                    offset,
+                    event: self.generator.event(i),
+                });
                 produced += 1;
             }
         }
@@ -164,6 +181,8 @@ mod tests {
         }
         assert_eq!(all.len(), 1_000);
         all.sort_by_key(|r| (r.offset, r.partition));
-        assert!(all.windows(2).all(|w| (w[0].offset, w[0].partition) != (w[1].offset, w[1].partition)));
+        assert!(all
+            .windows(2)
+            .all(|w| (w[0].offset, w[0].partition) != (w[1].offset, w[1].partition)));
     }
 }

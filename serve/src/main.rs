@@ -1,1 +1,24 @@
-fn main() {}
+//! `streampulse`: the binary. `main` parses flags and hands off; each subcommand lives in its own
+//! module.
+//!
+//! - [`cli`] owns the flags (every one also reads a `STREAMPULSE_*` environment variable).
+//! - [`pipeline`] runs `streampulse run`: source → dataflow → view, the HTTP API, the status line.
+//! - [`api`] answers HTTP requests from the in-memory [`View`](streampulse_dataflow::View).
+//! - [`http`] is the hyper server: listener and shutdown come from the caller.
+//! - [`bench`] runs `streampulse bench`.
+
+mod api;
+mod bench;
+mod cli;
+mod http;
+mod pipeline;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli::Cli::parse().command {
+        cli::Command::Run(args) => pipeline::run(args),
+        cli::Command::Bench(args) => bench::run(args),
+    }
+}

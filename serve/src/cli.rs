@@ -1,0 +1,198 @@
+//! Command-line flags. Every flag can also be set through the environment variable named beside it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use streampulse_dataflow::{Config, Rules};
+use streampulse_ingest::Scenario;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "streampulse",
+    version,
+    about = "Real-time download analytics on timely/differential dataflow"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the pipeline (with no flags: the built-in generator, API on 127.0.0.1:8080).
+    Run(RunArgs),
+    /// Run a benchmark and print one JSON object per line.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Address of the HTTP API and dashboard.
+    #[arg(long, env = "STREAMPULSE_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    #[command(flatten)]
+    pub dataflow: DataflowArgs,
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Seconds between status lines in the log.
+    #[arg(long, env = "STREAMPULSE_STATUS_INTERVAL", default_value_t = 10)]
+    pub status_interval: u64,
+}
+
+/// The computation's knobs (SPEC §4–§5).
+#[derive(Args, Debug, Clone)]
+pub struct DataflowArgs {
+    /// Tumbling window length in seconds.
+    #[arg(long, env = "STREAMPULSE_WINDOW", default_value_t = 60)]
+    pub window: u64,
+    /// Seconds an event may lag its partition's newest event and still count.
+    #[arg(long, env = "STREAMPULSE_LATENESS", default_value_t = 5)]
+    pub lateness: u64,
+    /// Minutes of windows kept in memory.
+    #[arg(long, env = "STREAMPULSE_RETAIN", default_value_t = 60)]
+    pub retain: u64,
+    /// Seconds after which a silent partition stops holding the watermark back.
+    #[arg(long, env = "STREAMPULSE_IDLE_TIMEOUT", default_value_t = 30)]
+    pub idle_timeout: u64,
+    /// Length of the per-window trending list.
+    #[arg(long, env = "STREAMPULSE_TOP_K", default_value_t = 10)]
+    pub top_k: usize,
+    /// HIGH_ERROR_RATE: failure rate above this.
+    #[arg(long, env = "STREAMPULSE_ALERT_ERROR_RATE", default_value_t = 0.10)]
+    pub alert_error_rate: f64,
+    /// HIGH_ERROR_RATE is CRITICAL when the success rate is below this.
+    #[arg(
+        long,
+        env = "STREAMPULSE_ALERT_CRITICAL_SUCCESS",
+        default_value_t = 0.85
+    )]
+    pub alert_critical_success: f64,
+    /// No alert on a region-window with fewer downloads.
+    #[arg(long, env = "STREAMPULSE_ALERT_MIN_DOWNLOADS", default_value_t = 5)]
+    pub alert_min_downloads: i64,
+    /// SUSTAINED_ERROR_RATE: consecutive high-error windows.
+    #[arg(long, env = "STREAMPULSE_ALERT_SUSTAINED_WINDOWS", default_value_t = 3)]
+    pub alert_sustained_windows: u32,
+    /// SLOW_DOWNLOADS: average Mbps of successful downloads below this.
+    #[arg(long, env = "STREAMPULSE_ALERT_SLOW_MBPS", default_value_t = 15.0)]
+    pub alert_slow_mbps: f64,
+    /// CDN_FAILURE: cdn_timeout failures at least this share of downloads.
+    #[arg(long, env = "STREAMPULSE_ALERT_CDN_SHARE", default_value_t = 0.05)]
+    pub alert_cdn_share: f64,
+}
+
+impl DataflowArgs {
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let config = Config {
+            window_ms: self.window as i64 * 1000,
+            lateness_ms: self.lateness as i64 * 1000,
+            retain_ms: self.retain as i64 * 60_000,
+            idle_timeout_ms: self.idle_timeout * 1000,
+            top_k: self.top_k,
+            rules: Rules {
+                error_rate: self.alert_error_rate,
+                critical_success_rate: self.alert_critical_success,
+                min_downloads: self.alert_min_downloads,
+                sustained_windows: self.alert_sustained_windows,
+                slow_mbps: self.alert_slow_mbps,
+                cdn_share: self.alert_cdn_share,
+            },
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid dataflow settings: {e}"))?;
+        Ok(config)
+    }
+}
+
+/// The built-in generator.
+#[derive(Args, Debug, Clone)]
+pub struct GeneratorArgs {
+    /// Events per second.
+    #[arg(long, env = "STREAMPULSE_RATE", default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seed of the deterministic generator.
+    #[arg(long, env = "STREAMPULSE_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Fault scenario: clean, cdn-outage or slow-downloads.
+    #[arg(long, env = "STREAMPULSE_SCENARIO", default_value = "clean")]
+    pub scenario: Scenario,
+    /// Partitions the generated stream is spread over.
+    #[arg(long, env = "STREAMPULSE_PARTITIONS", default_value_t = 4)]
+    pub partitions: u32,
+}
+
+/// timely's cluster flags: workers per process, processes, this process, host file.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Worker threads in this process.
+    #[arg(short = 'w', long, env = "STREAMPULSE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long, env = "STREAMPULSE_PROCESSES", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, from 0.
+    #[arg(short = 'p', long, env = "STREAMPULSE_PROCESS", default_value_t = 0)]
+    pub process: usize,
+    /// File with one host:port per line, one line per process.
+    #[arg(long, env = "STREAMPULSE_HOSTFILE")]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The timely configuration these flags describe.
+    pub fn timely(&self) -> anyhow::Result<timely::Config> {
+        anyhow::ensure!(self.workers >= 1, "need at least one worker (-w)");
+        anyhow::ensure!(self.process < self.processes, "-p must be below -n");
+        let mut args = vec!["-w".to_string(), self.workers.to_string()];
+        if self.processes > 1 {
+            let hostfile = self
+                .hostfile
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("a cluster of processes needs --hostfile"))?;
+            args.extend([
+                "-n".into(),
+                self.processes.to_string(),
+                "-p".into(),
+                self.process.to_string(),
+                "-h".into(),
+                hostfile.display().to_string(),
+            ]);
+        }
+        timely::Config::from_args(args.into_iter())
+            .map_err(|e| anyhow::anyhow!("cluster flags: {e}"))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchWhat {
+    /// The dataflow alone on generated events, beside a single-pass HashMap baseline.
+    Dataflow {
+        /// Events to generate (materialised in memory before timing).
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Worker counts to measure; repeat the flag for several (`-w 1 -w 2`).
+        #[arg(short = 'w', long = "workers", default_values_t = vec![1])]
+        workers: Vec<usize>,
+        /// Runs of each configuration; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Records per input batch (one timely time) per worker.
+        #[arg(long, default_value_t = 100_000)]
+        batch: usize,
+        /// Also append the JSON lines to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
