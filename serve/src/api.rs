@@ -76,6 +76,13 @@ const ROUTES: [(&str, Handler); 7] = [
 
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        if let Some((content_type, body)) = crate::assets::get(path) {
+            let mut response = Response::new(Full::new(Bytes::from_static(body)));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            return response;
+        }
+    }
     let Some((_, handler)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         let error = ApiError {
             status: StatusCode::NOT_FOUND,

@@ -4,10 +4,12 @@
 //! - [`cli`] owns the flags (every one also reads a `STREAMPULSE_*` environment variable).
 //! - [`pipeline`] runs `streampulse run`: source → dataflow → view, the HTTP API, the status line.
 //! - [`api`] answers HTTP requests from the in-memory [`View`](streampulse_dataflow::View).
+//! - [`assets`] is the dashboard, compiled into the binary.
 //! - [`http`] is the hyper server: listener and shutdown come from the caller.
 //! - [`bench`] runs `streampulse bench`.
 
 mod api;
+mod assets;
 mod bench;
 mod cli;
 mod http;
