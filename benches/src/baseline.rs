@@ -1,15 +1,15 @@
 //! The reference aggregator: what a careful engineer would write without a dataflow. One thread, one
-//! pass over the events in topic order, hash maps keyed by borrowed strings, then the derived
-//! collections (top-K, unique titles, alerts) computed once at the end from the final sums.
+//! pass over the events in topic order: each chunk is summed in a hash map keyed by borrowed strings,
+//! merged into the totals, and freed; the derived collections (top-K, unique titles, alerts) are
+//! computed once at the end from the final sums.
 //!
 //! It has the dataflow's semantics (per-partition lateness, the same rows, the same rules) but none of
 //! its properties: nothing is incremental, nothing is parallel, nothing is retracted.
 
+use differential_dataflow::difference::Semigroup;
 use rustc_hash::FxHashMap;
-use streampulse_dataflow::{Aggregate, Config, Rule};
+use streampulse_dataflow::{Aggregate, Config, Key, Rule, Window};
 use streampulse_ingest::Record;
-
-use crate::{window_of, Rows};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowKey<'a> {
@@ -22,48 +22,76 @@ pub enum RowKey<'a> {
 }
 
 /// The baseline's final state.
-pub struct Result<'a> {
-    pub rows: Rows<'a>,
+pub struct Result {
+    pub rows: FxHashMap<(Window, Key), Aggregate>,
     pub top: usize,
     pub unique: usize,
     pub alerts: usize,
 }
 
-impl Result<'_> {
+impl Result {
     pub fn rows(&self) -> usize {
         self.rows.len()
     }
 }
 
-pub fn aggregate<'a>(records: &'a [Record], config: &Config) -> Result<'a> {
-    let mut newest: FxHashMap<u32, i64> = FxHashMap::default();
-    let mut rows: Rows<'a> = FxHashMap::default();
-    for record in records {
-        let event = &record.event;
-        let window = window_of(event.timestamp, config);
-        let agg = Aggregate::of(event);
-        let mut add = |key| {
-            use differential_dataflow::difference::Semigroup;
-            rows.entry((window, key)).or_default().plus_equals(&agg);
-        };
-        let max = newest.entry(record.partition).or_insert(event.timestamp);
-        if event.timestamp < *max - config.lateness_ms {
-            add(RowKey::Late(record.partition));
-            continue;
+impl RowKey<'_> {
+    fn to_key(self) -> Key {
+        match self {
+            RowKey::Total => Key::Total,
+            RowKey::Content(id, title) => Key::Content {
+                content_id: id.into(),
+                title: title.into(),
+            },
+            RowKey::Region(r) => Key::Region(r.into()),
+            RowKey::Device(d, os) => Key::Device {
+                device: d.into(),
+                os_version: os.into(),
+            },
+            RowKey::Error(r, code) => Key::Error {
+                region: r.into(),
+                error_code: code.into(),
+            },
+            RowKey::Late(p) => Key::Late { partition: p },
         }
-        *max = (*max).max(event.timestamp);
-        let user = &event.user_context;
-        add(RowKey::Total);
-        add(RowKey::Content(
-            &event.content.content_id,
-            &event.content.title,
-        ));
-        add(RowKey::Region(&user.region));
-        add(RowKey::Device(&user.device, &user.os_version));
-        if agg.failed == 1 {
-            if let Some(code) = event.download.error_code.as_deref() {
-                add(RowKey::Error(&user.region, code));
+    }
+}
+
+/// Aggregates `chunks` (the events in topic order, in chunks as a source would deliver them).
+pub fn aggregate(chunks: Vec<Vec<Record>>, config: &Config) -> Result {
+    let mut newest: FxHashMap<u32, i64> = FxHashMap::default();
+    let mut rows: FxHashMap<(Window, Key), Aggregate> = FxHashMap::default();
+    for batch in chunks {
+        let mut sums: FxHashMap<(Window, RowKey<'_>), Aggregate> = FxHashMap::default();
+        for record in &batch {
+            let event = &record.event;
+            let window = Window::of(event.timestamp, config.window_ms);
+            let agg = Aggregate::of(event);
+            let mut add = |key| sums.entry((window, key)).or_default().plus_equals(&agg);
+            let max = newest.entry(record.partition).or_insert(event.timestamp);
+            if event.timestamp < *max - config.lateness_ms {
+                add(RowKey::Late(record.partition));
+                continue;
             }
+            *max = (*max).max(event.timestamp);
+            let user = &event.user_context;
+            add(RowKey::Total);
+            add(RowKey::Content(
+                &event.content.content_id,
+                &event.content.title,
+            ));
+            add(RowKey::Region(&user.region));
+            add(RowKey::Device(&user.device, &user.os_version));
+            if agg.failed == 1 {
+                if let Some(code) = event.download.error_code.as_deref() {
+                    add(RowKey::Error(&user.region, code));
+                }
+            }
+        }
+        for ((window, key), agg) in sums {
+            rows.entry((window, key.to_key()))
+                .or_default()
+                .plus_equals(&agg);
         }
     }
 
@@ -73,15 +101,15 @@ pub fn aggregate<'a>(records: &'a [Record], config: &Config) -> Result<'a> {
     let mut alerts = 0;
     for ((window, key), agg) in &rows {
         match key {
-            RowKey::Content(id, _) => per_window
+            Key::Content { content_id, .. } => per_window
                 .entry(*window)
                 .or_default()
-                .push((-agg.downloads, id)),
-            RowKey::Region(region) => {
+                .push((-agg.downloads, content_id.as_str())),
+            Key::Region(region) => {
                 for (rule, _) in config.rules.evaluate(agg) {
                     alerts += 1;
                     if rule == Rule::HighErrorRate {
-                        high.insert((region, window.0), ());
+                        high.insert((region.as_str(), window.0), ());
                     }
                 }
             }

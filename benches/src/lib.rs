@@ -5,16 +5,16 @@
 //! - [`dataflow_run`] runs the real dataflow (batches, differential, output to a [`View`]).
 //! - [`bench_dataflow`] runs both several times and reports medians as [`Measurement`]s.
 //!
-//! Events are generated before the clock starts, so generation is never timed.
+//! Events are generated before the clock starts, so generation is never timed; both sides consume
+//! and free them inside the timed part, as a real pipeline does after decoding.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
-use rustc_hash::FxHashMap;
 use serde::Serialize;
-use streampulse_dataflow::{execute, Aggregate, Config, Counters, Limits, View, Window};
+use streampulse_dataflow::{execute, Config, Counters, Limits, View};
 use streampulse_ingest::source::owns;
 use streampulse_ingest::{Generator, Record, Scenario, VecSource};
 
@@ -44,12 +44,19 @@ pub struct Measurement {
     pub rows: usize,
 }
 
-/// The benchmark's events, in topic order.
-pub fn materialise(events: u64, seed: u64) -> Vec<Record> {
+/// The benchmark stream's generator.
+fn generator(seed: u64) -> Generator {
     let start = 1_700_000_000_000 - 1_700_000_000_000 % 60_000;
-    let g = Generator::new(seed, Scenario::CdnOutage, start, BENCH_RATE);
+    Generator::new(seed, Scenario::CdnOutage, start, BENCH_RATE)
+}
+
+/// Events `0..events` of the benchmark stream that fall in partitions of `worker` of `workers`, in
+/// topic order.
+pub fn materialise(events: u64, seed: u64, worker: usize, workers: usize) -> Vec<Record> {
+    let g = generator(seed);
     let p = BENCH_PARTITIONS as u64;
     (0..events)
+        .filter(|i| owns((i % p) as u32, worker, workers))
         .map(|i| Record {
             partition: (i % p) as u32,
             offset: (i / p) as i64,
@@ -58,24 +65,16 @@ pub fn materialise(events: u64, seed: u64) -> Vec<Record> {
         .collect()
 }
 
-/// Runs the dataflow over `records` on `workers` threads; returns seconds and the stat rows at the end.
+/// Runs the dataflow over the benchmark stream on `workers` threads; returns seconds and the number
+/// of stat rows at the end. Each worker generates its own partitions' events on its own thread
+/// before the clock starts (as a Kafka source would decode them there), then all start together.
 pub fn dataflow_run(
-    records: &[Record],
+    events: u64,
+    seed: u64,
     workers: usize,
     config: &Config,
     batch_max: usize,
 ) -> (f64, usize) {
-    let slots: Vec<Mutex<Option<Vec<Record>>>> = (0..workers)
-        .map(|w| {
-            let mine = records
-                .iter()
-                .filter(|r| owns(r.partition, w, workers))
-                .cloned()
-                .collect();
-            Mutex::new(Some(mine))
-        })
-        .collect();
-    let slots = Arc::new(slots);
     let (tx, rx) = crossbeam_channel::unbounded();
     let window_ms = config.window_ms;
     let collector = std::thread::spawn(move || {
@@ -85,7 +84,13 @@ pub fn dataflow_run(
         }
         view.stats().len()
     });
-    let started = Instant::now();
+    let ready = Arc::new(Barrier::new(workers + 1));
+    let started = Arc::new(Mutex::new(None));
+    let (go, clock) = (ready.clone(), started.clone());
+    let timer = std::thread::spawn(move || {
+        go.wait();
+        *clock.lock().expect("not poisoned") = Some(Instant::now());
+    });
     execute(
         timely::Config::process(workers),
         config.clone(),
@@ -94,31 +99,42 @@ pub fn dataflow_run(
             ..Limits::default()
         },
         move |w, peers| {
-            let mine = slots[w]
-                .lock()
-                .expect("not poisoned")
-                .take()
-                .expect("taken once");
+            let mine = materialise(events, seed, w, peers);
             let parts = (0..BENCH_PARTITIONS)
                 .filter(|&p| owns(p, w, peers))
                 .collect();
-            Box::new(VecSource::new(parts, mine))
+            let source = VecSource::new(parts, mine, batch_max);
+            ready.wait();
+            Box::new(source)
         },
         Some(tx),
         Arc::new(AtomicBool::new(false)),
         Arc::new(Counters::default()),
     )
     .expect("the dataflow runs");
+    let finished = Instant::now();
+    timer.join().expect("timer thread");
     let rows = collector.join().expect("collector finished");
-    (started.elapsed().as_secs_f64(), rows)
+    let started = started
+        .lock()
+        .expect("not poisoned")
+        .expect("the run started");
+    ((finished - started).as_secs_f64(), rows)
 }
 
-/// Runs the baseline once; returns seconds and its stat rows.
-pub fn baseline_run(records: &[Record], config: &Config) -> (f64, usize) {
+/// Runs the baseline once over the same events (generated first, untimed); returns seconds and its
+/// stat rows. Like the dataflow, it consumes the events and frees them as it goes.
+pub fn baseline_run(events: u64, seed: u64, config: &Config, batch_max: usize) -> (f64, usize) {
+    let records = materialise(events, seed, 0, 1);
+    let mut rest = records.into_iter();
+    let chunks: Vec<Vec<Record>> = std::iter::from_fn(|| {
+        let chunk: Vec<Record> = rest.by_ref().take(batch_max.max(1)).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+    .collect();
     let started = Instant::now();
-    let result = baseline::aggregate(records, config);
-    let seconds = started.elapsed().as_secs_f64();
-    (seconds, result.rows())
+    let rows = baseline::aggregate(chunks, config).rows();
+    (started.elapsed().as_secs_f64(), rows)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -142,18 +158,17 @@ pub fn bench_dataflow(
     mut progress: impl FnMut(&str),
 ) -> Vec<Measurement> {
     let config = Config::default();
-    let records = materialise(events, seed);
     let mut base_secs = Vec::new();
     let mut base_rows = 0;
     let mut flow_secs: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut flow_rows: BTreeMap<usize, usize> = BTreeMap::new();
     for run in 0..runs {
-        let (secs, rows) = baseline_run(&records, &config);
+        let (secs, rows) = baseline_run(events, seed, &config, batch_max);
         progress(&format!("run {}/{runs}: baseline {secs:.3}s", run + 1));
         base_secs.push(secs);
         base_rows = rows;
         for &w in workers {
-            let (secs, rows) = dataflow_run(&records, w, &config, batch_max);
+            let (secs, rows) = dataflow_run(events, seed, w, &config, batch_max);
             progress(&format!(
                 "run {}/{runs}: dataflow -w {w} {secs:.3}s",
                 run + 1
@@ -192,11 +207,3 @@ pub fn bench_dataflow(
     }
     out
 }
-
-/// The window of a timestamp (re-exported for the baseline).
-fn window_of(ts: i64, config: &Config) -> Window {
-    Window::of(ts, config.window_ms)
-}
-
-/// Stat rows keyed by borrowed strings, as the baseline keeps them.
-type Rows<'a> = FxHashMap<(Window, baseline::RowKey<'a>), Aggregate>;

@@ -85,7 +85,7 @@ fn run(
                 .take()
                 .expect("each worker takes its records once");
             let parts = (0..partitions).filter(|&p| owns(p, w, peers)).collect();
-            Box::new(VecSource::new(parts, mine))
+            Box::new(VecSource::new(parts, mine, batch_max))
         },
         Some(tx),
         Arc::new(AtomicBool::new(false)),

@@ -39,17 +39,29 @@ pub fn owns(partition: u32, worker: usize, workers: usize) -> bool {
     partition as usize % workers == worker
 }
 
-/// Records materialised in memory (tests and benchmarks), handed out in the order given.
+/// Records materialised in memory (tests and benchmarks), handed out in the order given. Records are
+/// stored as ready-made batches so that handing one out moves a vector, not its records.
 pub struct VecSource {
     partitions: Vec<u32>,
-    records: std::vec::IntoIter<Record>,
+    batches: std::vec::IntoIter<Vec<Record>>,
 }
 
 impl VecSource {
-    pub fn new(partitions: Vec<u32>, records: Vec<Record>) -> VecSource {
+    /// A source that hands out `records` in batches of at most `batch` records.
+    pub fn new(partitions: Vec<u32>, records: Vec<Record>, batch: usize) -> VecSource {
+        let batch = batch.max(1);
+        let mut batches = Vec::with_capacity(records.len() / batch + 1);
+        let mut records = records.into_iter();
+        loop {
+            let chunk: Vec<Record> = records.by_ref().take(batch).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            batches.push(chunk);
+        }
         VecSource {
             partitions,
-            records: records.into_iter(),
+            batches: batches.into_iter(),
         }
     }
 }
@@ -59,13 +71,18 @@ impl Source for VecSource {
         self.partitions.clone()
     }
 
-    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Poll {
-        let before = out.len();
-        out.extend(self.records.by_ref().take(max));
-        if out.len() > before {
-            Poll::Ready
-        } else {
-            Poll::Done
+    /// Hands out the next stored batch whole (`max` was fixed when the batches were made).
+    fn poll(&mut self, out: &mut Vec<Record>, _max: usize) -> Poll {
+        match self.batches.next() {
+            Some(batch) if out.is_empty() => {
+                *out = batch;
+                Poll::Ready
+            }
+            Some(batch) => {
+                out.extend(batch);
+                Poll::Ready
+            }
+            None => Poll::Done,
         }
     }
 }

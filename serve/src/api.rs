@@ -79,7 +79,9 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Byte
     if req.method() == Method::GET || req.method() == Method::HEAD {
         if let Some((content_type, body)) = crate::assets::get(path) {
             let mut response = Response::new(Full::new(Bytes::from_static(body)));
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             return response;
         }
     }

@@ -1,0 +1,159 @@
+// The JSON API served by `streampulse run` (serve/src/api.rs): response shapes and a fetch
+// that turns every way a request can go wrong into one readable message.
+
+export interface Realtime {
+  total_downloads: number;
+  unique_content: number;
+  avg_success_rate: number;
+  avg_download_time: number | null;
+  successful_downloads: number;
+  failed_downloads: number;
+  total_size_gb: number;
+  late_events: number;
+  window_minutes: number;
+  windows: number;
+  as_of: string | null;
+}
+
+export interface TrendingItem {
+  content_id: string;
+  title: string;
+  total_downloads: number;
+  successful_downloads: number;
+  failed_downloads: number;
+  success_rate: number;
+  total_size_gb: number;
+}
+
+export type HealthStatus = "healthy" | "degraded" | "critical";
+
+export interface Region {
+  region: string;
+  downloads: number;
+  successful: number;
+  failed: number;
+  success_rate: number;
+  avg_speed: number;
+  avg_duration_s: number;
+  total_size_gb: number;
+  health_status: HealthStatus;
+}
+
+export type Severity = "CRITICAL" | "WARNING" | "INFO";
+
+export interface Alert {
+  id: number;
+  alert_type: string;
+  severity: Severity;
+  message: string;
+  region: string;
+  metric_name: string;
+  metric_value: number;
+  threshold_value: number;
+  created_at: string;
+  window_start: string;
+  window_end: string;
+  is_final: boolean;
+  acknowledged: boolean;
+}
+
+export interface Minute {
+  window_start: string;
+  total_downloads: number;
+  successful_downloads: number;
+  success_rate: number;
+  unique_content: number;
+  late_events: number;
+  is_final: boolean;
+}
+
+export interface Device {
+  device: string;
+  total_downloads: number;
+  successful_downloads: number;
+  success_rate: number;
+  avg_speed: number;
+}
+
+export interface List<T> {
+  count: number;
+  data: T[];
+}
+
+export interface Alerts extends List<Alert> {
+  unacknowledged_count: number;
+}
+
+export interface Timeseries extends List<Minute> {
+  start_time: string | null;
+  end_time: string | null;
+}
+
+/** What one polling round asks for. Paths are relative, so the page works under any prefix. */
+export const ENDPOINTS = {
+  realtime: "api/stats/realtime?minutes=5",
+  alerts: "api/stats/alerts?limit=10",
+  trending: "api/stats/trending?minutes=5&limit=10",
+  regions: "api/stats/regions?minutes=5",
+  timeseries: "api/stats/timeseries?minutes=60",
+  devices: "api/stats/devices?minutes=5&limit=10",
+} as const;
+
+export type Endpoint = keyof typeof ENDPOINTS;
+
+export interface Responses {
+  realtime: Realtime;
+  alerts: Alerts;
+  trending: List<TrendingItem>;
+  regions: List<Region>;
+  timeseries: Timeseries;
+  devices: List<Device>;
+}
+
+/** A failed request, with a message fit for the error banner. */
+export class ApiError extends Error {
+  constructor(
+    readonly endpoint: Endpoint,
+    message: string,
+    readonly unreachable: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export async function fetchEndpoint<E extends Endpoint>(
+  endpoint: E,
+  timeoutMs: number,
+): Promise<Responses[E]> {
+  let response: Response;
+  try {
+    response = await fetch(ENDPOINTS[endpoint], {
+      headers: { Accept: "application/json" },
+      cache: "no-store",
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (e) {
+    const why = e instanceof DOMException && e.name === "TimeoutError" ? "timed out" : "network error";
+    throw new ApiError(endpoint, `${endpoint}: ${why}`, true);
+  }
+  let body: unknown;
+  try {
+    body = await response.json();
+  } catch {
+    throw new ApiError(endpoint, `${endpoint}: HTTP ${response.status}, not JSON`, false);
+  }
+  if (!response.ok) {
+    const detail = isRecord(body) && typeof body.detail === "string" ? ` ${body.detail}` : "";
+    throw new ApiError(endpoint, `${endpoint}: HTTP ${response.status}${detail}`, false);
+  }
+  // A list endpoint always has `data`; checking it here turns a changed API into a banner
+  // message rather than a half-drawn panel.
+  if (!isRecord(body) || (endpoint !== "realtime" && !Array.isArray(body.data))) {
+    throw new ApiError(endpoint, `${endpoint}: unexpected response shape`, false);
+  }
+  return body as unknown as Responses[E];
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null;
+}

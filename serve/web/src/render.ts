@@ -1,0 +1,305 @@
+// Draws each API response into its panel. Every renderer replaces what its panel showed, so a
+// panel always shows exactly one response. Text from the API goes in through textContent only.
+
+import type { Alert, Alerts, Device, List, Realtime, Region, Responses, Timeseries, TrendingItem } from "./api";
+import {
+  alpha,
+  colors,
+  devicesChart,
+  palette,
+  timeseriesChart,
+  trendingChart,
+  type BarChart,
+  type DoughnutChart,
+} from "./charts";
+import {
+  formatCompact,
+  formatDecimal,
+  formatDuration,
+  formatHourMinute,
+  formatInt,
+  formatPercent,
+  healthOf,
+  humanize,
+} from "./format";
+
+type Props = {
+  class?: string;
+  text?: string;
+  testid?: string;
+  data?: Record<string, string | number>;
+  title?: string;
+};
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Props = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (props.class) node.className = props.class;
+  if (props.text !== undefined) node.textContent = props.text;
+  if (props.testid) node.dataset.testid = props.testid;
+  if (props.title) node.title = props.title;
+  for (const [k, v] of Object.entries(props.data ?? {})) node.dataset[k] = String(v);
+  node.append(...children);
+  return node;
+}
+
+function byTestId<T extends HTMLElement = HTMLElement>(id: string): T {
+  const node = document.querySelector<T>(`[data-testid="${id}"]`);
+  if (!node) throw new Error(`index.html has no element with data-testid="${id}"`);
+  return node;
+}
+
+/** Screen-reader (and test) text for a chart: the numbers it draws, as a list inside the canvas. */
+function setFallback(canvas: HTMLCanvasElement, testid: string, items: HTMLLIElement[]): void {
+  canvas.replaceChildren(el("ul", { testid }, ...items));
+}
+
+function setCard(name: string, value: string, raw: number | null, sub: string): void {
+  const valueNode = byTestId(`card-${name}-value`);
+  valueNode.textContent = value;
+  valueNode.dataset.value = raw === null ? "" : String(raw);
+  byTestId(`card-${name}-sub`).textContent = sub;
+}
+
+function formatMetric(name: string, value: number): string {
+  if (name.endsWith("_rate")) return formatPercent(value);
+  if (name.endsWith("_mbps")) return `${formatDecimal(value)} Mbps`;
+  return String(value);
+}
+
+/** The panel each endpoint feeds. */
+export const PANELS: Record<keyof Responses, string> = {
+  realtime: "panel-cards",
+  alerts: "panel-alerts",
+  trending: "panel-trending",
+  regions: "panel-regions",
+  timeseries: "panel-timeseries",
+  devices: "panel-devices",
+};
+
+export class Dashboard {
+  private trendingRates: number[] = [];
+  private minuteTotals: (number | null)[] = [];
+  private readonly trending: BarChart;
+  private readonly timeseries: BarChart;
+  private readonly devices: DoughnutChart;
+
+  constructor() {
+    this.trending = trendingChart(byTestId("trending-chart"), () => this.trendingRates);
+    this.timeseries = timeseriesChart(byTestId("timeseries-chart"), () => this.minuteTotals);
+    this.devices = devicesChart(byTestId("devices-chart"));
+  }
+
+  render<E extends keyof Responses>(endpoint: E, response: Responses[E]): void {
+    const renderers: { [K in keyof Responses]: (r: Responses[K]) => void } = {
+      realtime: (r) => this.renderRealtime(r),
+      alerts: (r) => this.renderAlerts(r),
+      trending: (r) => this.renderTrending(r),
+      regions: (r) => this.renderRegions(r),
+      timeseries: (r) => this.renderTimeseries(r),
+      devices: (r) => this.renderDevices(r),
+    };
+    renderers[endpoint](response);
+  }
+
+  /** Marks a panel fresh or stale (its last request failed; it keeps the last data it had). */
+  setPanelState(endpoint: keyof Responses, state: "ready" | "stale"): void {
+    byTestId(PANELS[endpoint]).dataset.state = state;
+  }
+
+  private renderRealtime(r: Realtime): void {
+    setCard(
+      "downloads",
+      formatInt(r.total_downloads),
+      r.total_downloads,
+      `${formatInt(r.successful_downloads)} ok · ${formatInt(r.failed_downloads)} failed · ${r.window_minutes} min`,
+    );
+    setCard(
+      "unique-content",
+      formatInt(r.unique_content),
+      r.unique_content,
+      `titles · ${formatCompact(r.total_size_gb)} GB transferred`,
+    );
+    const health = healthOf(r.avg_success_rate);
+    setCard("success-rate", formatPercent(r.avg_success_rate), r.avg_success_rate, `${health} · target ≥ 95%`);
+    byTestId("card-success-rate").dataset.status = r.total_downloads > 0 ? health : "";
+    const t = r.avg_download_time;
+    setCard(
+      "avg-download-time",
+      t === null ? "—" : `${formatDecimal(t)} s`,
+      t,
+      t === null ? "no downloads yet" : `≈ ${formatDuration(t)} per download`,
+    );
+  }
+
+  private renderAlerts(r: Alerts): void {
+    byTestId("alerts-count").textContent = formatInt(r.unacknowledged_count);
+    byTestId("panel-alerts").dataset.active = String(r.unacknowledged_count > 0);
+    byTestId("alerts-list").replaceChildren(...r.data.map(alertItem));
+    byTestId("alerts-empty").hidden = r.data.length > 0;
+  }
+
+  private renderTrending(r: List<TrendingItem>): void {
+    const items = r.data;
+    this.trendingRates = items.map((t) => t.success_rate);
+    this.trending.data.labels = items.map((t) => t.title);
+    const dataset = this.trending.data.datasets[0]!;
+    dataset.data = items.map((t) => t.total_downloads);
+    dataset.backgroundColor = items.map((_, i) => alpha(colors.accent, Math.max(0.35, 1 - i * 0.07)));
+    this.trending.update();
+    setFallback(
+      this.trending.canvas,
+      "trending-list",
+      items.map((t, i) =>
+        el("li", {
+          text: `${i + 1}. ${t.title}: ${formatInt(t.total_downloads)} downloads`,
+          data: { title: t.title, downloads: t.total_downloads },
+        }),
+      ),
+    );
+    byTestId("trending-empty").hidden = items.length > 0;
+  }
+
+  private renderRegions(r: List<Region>): void {
+    byTestId("regions-list").replaceChildren(...r.data.map(regionTile));
+    byTestId("regions-empty").hidden = r.data.length > 0;
+  }
+
+  private renderTimeseries(r: Timeseries): void {
+    const slots = minuteSlots(r);
+    this.minuteTotals = slots.map((s) => s.minute?.total_downloads ?? null);
+    this.timeseries.data.labels = slots.map((s) => formatHourMinute(s.start));
+    const [ok, rest] = this.timeseries.data.datasets;
+    // A window that is still open is drawn paler: its count is still growing.
+    const shade = (c: string, s: Slot) => alpha(c, s.minute?.is_final === false ? 0.4 : 0.9);
+    ok!.data = slots.map((s) => s.minute?.successful_downloads ?? 0);
+    ok!.backgroundColor = slots.map((s) => shade(colors.accent, s));
+    rest!.data = slots.map((s) => (s.minute ? s.minute.total_downloads - s.minute.successful_downloads : 0));
+    rest!.backgroundColor = slots.map((s) => shade(colors.bad, s));
+    this.timeseries.update();
+
+    setFallback(
+      this.timeseries.canvas,
+      "timeseries-list",
+      r.data.map((m) =>
+        el("li", {
+          text: `${formatHourMinute(new Date(m.window_start))}: ${formatInt(m.total_downloads)} downloads`,
+          data: { start: m.window_start, downloads: m.total_downloads },
+        }),
+      ),
+    );
+    const finals = r.data.filter((m) => m.is_final);
+    const latest = finals[finals.length - 1];
+    const peak = r.data.reduce((max, m) => Math.max(max, m.total_downloads), 0);
+    byTestId("timeseries-summary").replaceChildren(
+      summaryItem("Last full minute", latest ? formatInt(latest.total_downloads) : "—"),
+      summaryItem("Peak", r.data.length ? formatInt(peak) : "—", { testid: "timeseries-peak", value: peak }),
+      summaryItem("Minutes", formatInt(r.data.length), { testid: "timeseries-count", value: r.data.length }),
+    );
+  }
+
+  private renderDevices(r: List<Device>): void {
+    const total = r.data.reduce((sum, d) => sum + d.total_downloads, 0);
+    this.devices.data.labels = r.data.map((d) => d.device);
+    this.devices.data.datasets[0]!.data = r.data.map((d) => d.total_downloads);
+    this.devices.update();
+    byTestId("devices-list").replaceChildren(
+      ...r.data.map((d, i) => deviceRow(d, palette[i % palette.length]!, total)),
+    );
+    byTestId("devices-empty").hidden = r.data.length > 0;
+  }
+}
+
+function summaryItem(label: string, value: string, test?: { testid: string; value: number }): HTMLElement {
+  const strong = el("strong", { text: value });
+  if (test) {
+    strong.dataset.testid = test.testid;
+    strong.dataset.value = String(test.value);
+  }
+  return el("span", { class: "summary-item" }, `${label} `, strong);
+}
+
+function alertItem(a: Alert): HTMLLIElement {
+  const start = new Date(a.window_start);
+  const end = new Date(a.window_end);
+  const meta = [
+    `${formatHourMinute(start)}–${formatHourMinute(end)}`,
+    `${humanize(a.metric_name)} ${formatMetric(a.metric_name, a.metric_value)} (limit ${formatMetric(a.metric_name, a.threshold_value)})`,
+  ];
+  if (!a.is_final) meta.push("window still open");
+  return el(
+    "li",
+    { class: "alert", testid: "alert-item", data: { id: a.id, severity: a.severity } },
+    el(
+      "div",
+      { class: "alert-top" },
+      el("span", { class: "severity", text: a.severity, testid: "alert-severity" }),
+      el("span", { class: "alert-type", text: humanize(a.alert_type) }),
+      el("span", { class: "alert-region", text: a.region }),
+    ),
+    el("p", { class: "alert-message", text: a.message, testid: "alert-message" }),
+    el("p", { class: "alert-meta", text: meta.join(" · ") }),
+  );
+}
+
+function regionTile(r: Region): HTMLLIElement {
+  const bar = el("span", { class: "rate-fill" });
+  bar.style.width = `${Math.max(0, Math.min(100, r.success_rate * 100))}%`;
+  return el(
+    "li",
+    { class: "region", testid: "region-tile", data: { region: r.region, status: r.health_status } },
+    el(
+      "div",
+      { class: "region-top" },
+      el("span", { class: "region-name", text: r.region, testid: "region-name" }),
+      el("span", { class: "status-pill", text: r.health_status, testid: "region-status" }),
+    ),
+    el("p", { class: "region-rate", text: formatPercent(r.success_rate), testid: "region-rate" }),
+    el("span", { class: "rate-track" }, bar),
+    el("p", {
+      class: "region-meta",
+      text: `${formatInt(r.downloads)} downloads · ${formatDecimal(r.avg_speed)} Mbps`,
+    }),
+  );
+}
+
+function deviceRow(d: Device, color: string, total: number): HTMLLIElement {
+  const swatch = el("span", { class: "swatch" });
+  swatch.style.background = color;
+  const share = total > 0 ? d.total_downloads / total : 0;
+  return el(
+    "li",
+    { class: "device", testid: "device-row", data: { device: d.device, downloads: d.total_downloads } },
+    swatch,
+    el("span", { class: "device-name", text: d.device, testid: "device-name" }),
+    el("span", { class: "device-count", text: formatInt(d.total_downloads), testid: "device-downloads" }),
+    el("span", { class: "device-share", text: formatPercent(share) }),
+  );
+}
+
+interface Slot {
+  start: Date;
+  minute: Responses["timeseries"]["data"][number] | undefined;
+}
+
+/**
+ * One slot per window over the whole requested span, so the axis always shows the full hour
+ * and a quiet minute shows as a gap rather than disappearing.
+ */
+function minuteSlots(r: Timeseries): Slot[] {
+  const byStart = new Map(r.data.map((m) => [Date.parse(m.window_start), m]));
+  const last = r.data[r.data.length - 1];
+  if (!last || !r.start_time || !r.end_time) return [];
+  const end = Date.parse(r.end_time);
+  const start = Date.parse(r.start_time);
+  const windowMs = end - Date.parse(last.window_start);
+  if (!(windowMs > 0) || end <= start) {
+    return r.data.map((m) => ({ start: new Date(m.window_start), minute: m }));
+  }
+  const slots: Slot[] = [];
+  for (let t = start; t < end; t += windowMs) slots.push({ start: new Date(t), minute: byStart.get(t) });
+  return slots;
+}
