@@ -15,7 +15,9 @@ const BUILD_COMMAND: &str =
     "npm --prefix serve/web ci && npm --prefix serve/web run build && cargo build --release -p streampulse";
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dist = manifest.join("web").join("dist");
 
@@ -44,8 +46,15 @@ fn main() {
          pub static FILES: &[(&str, &str, &[u8])] = &[\n",
     );
     for (url, path) in &files {
-        let path = path.to_str().expect("embedded file paths are UTF-8 (checked in collect)");
-        writeln!(code, "    ({url:?}, {:?}, include_bytes!({path:?})),", content_type(url)).expect("writing to a String");
+        let path = path
+            .to_str()
+            .expect("embedded file paths are UTF-8 (checked in collect)");
+        writeln!(
+            code,
+            "    ({url:?}, {:?}, include_bytes!({path:?})),",
+            content_type(url)
+        )
+        .expect("writing to a String");
     }
     code.push_str("];\n");
     fs::write(out.join("dashboard.rs"), code).expect("OUT_DIR is writable");
@@ -55,7 +64,11 @@ fn main() {
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
     let mut entries: Vec<_> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())).path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+                .path()
+        })
         .collect();
     entries.sort();
     for path in entries {
@@ -63,14 +76,23 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
             collect(root, &path, files);
             continue;
         }
-        let relative = path.strip_prefix(root).expect("read_dir yields paths under its directory");
-        let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
+        let relative = path
+            .strip_prefix(root)
+            .expect("read_dir yields paths under its directory");
+        let parts: Option<Vec<&str>> = relative
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect();
         match (parts, path.to_str()) {
             (Some(parts), Some(_)) => {
-                let absolute = fs::canonicalize(&path).unwrap_or_else(|e| panic!("resolving {}: {e}", path.display()));
+                let absolute = fs::canonicalize(&path)
+                    .unwrap_or_else(|e| panic!("resolving {}: {e}", path.display()));
                 files.push((format!("/{}", parts.join("/")), absolute));
             }
-            _ => println!("cargo:warning=skipping {}: its path is not UTF-8", path.display()),
+            _ => println!(
+                "cargo:warning=skipping {}: its path is not UTF-8",
+                path.display()
+            ),
         }
     }
 }
@@ -98,6 +120,7 @@ fn content_type(url: &str) -> &'static str {
 }
 
 fn fallback_page() -> String {
+    let command = BUILD_COMMAND.replace('&', "&amp;");
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -119,7 +142,7 @@ fn fallback_page() -> String {
 <p>This binary was compiled without <code>serve/web/dist</code>, so it has no dashboard to serve.
 The API works as usual, for example <a href="api/stats/realtime">/api/stats/realtime</a> and <a href="health">/health</a>.</p>
 <p>To embed the dashboard, run this from the repository root, then restart <code>streampulse</code>:</p>
-<pre>{BUILD_COMMAND}</pre>
+<pre>{command}</pre>
 </main>
 </body>
 </html>

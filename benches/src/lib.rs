@@ -107,6 +107,7 @@ pub fn dataflow_run(
             ready.wait();
             Box::new(source)
         },
+        Default::default(),
         Some(tx),
         Arc::new(AtomicBool::new(false)),
         Arc::new(Counters::default()),

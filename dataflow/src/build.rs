@@ -29,6 +29,7 @@ use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::config::Config;
 use crate::rules::{Alert, Rule, Severity};
 use crate::window::{Time, Window};
+use streampulse_ingest::DeadLetter;
 
 /// A row of a derived collection.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,6 +59,37 @@ impl Derived {
     }
 }
 
+/// What the sources report beside the data, carried through the dataflow so that it reaches the sink
+/// at the same time as the data it belongs with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Side {
+    /// After this time's records, `partition` resumes at `next_offset` and its newest timestamp is
+    /// `max_ts` (positions only grow, so the latest is the largest).
+    Position {
+        partition: u32,
+        next_offset: i64,
+        max_ts: i64,
+    },
+    /// An undecodable record.
+    DeadLetter(DeadLetter),
+    /// A sampled raw event, for debugging (the `event_log` table).
+    Sample(Sample),
+}
+
+/// The fields of a raw event kept in the debugging sample.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Sample {
+    pub partition: u32,
+    pub offset: i64,
+    pub event_id: String,
+    pub timestamp: i64,
+    pub content_id: String,
+    pub region: String,
+    pub device: String,
+    pub status: String,
+    pub error_code: Option<String>,
+}
+
 /// One output change of the dataflow, at a time (a watermark).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -73,11 +105,14 @@ pub enum Change {
         time: Time,
         diff: isize,
     },
+    /// A side record arrived (side records are only ever added).
+    Side { row: Side, time: Time },
 }
 
 /// The handles a driver needs: where to feed, how far the output is, and what came out.
 pub struct Dataflow {
     pub input: InputSession<Time, WindowKey, Aggregate>,
+    pub side: InputSession<Time, Side, isize>,
     pub probe: ProbeHandle<Time>,
     /// Changes that reached this worker's output (only worker 0 receives any).
     pub output: Rc<RefCell<Vec<Change>>>,
@@ -91,8 +126,9 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
     let window_ms = config.window_ms;
     let sustained = config.rules.sustained_windows;
 
-    let (input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+    let (input, side, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, stats) = scope.new_collection::<WindowKey, Aggregate>();
+        let (side_input, side) = scope.new_collection::<Side, isize>();
         let probe = ProbeHandle::new();
 
         // Only content and region rows feed derived collections; the rest skip the arrangement.
@@ -221,11 +257,27 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             })
             .probe_with(&probe);
 
-        (input, probe)
+        let sink = output.clone();
+        side.inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_, updates| {
+                let mut sink = sink.borrow_mut();
+                for (row, time, _) in updates {
+                    sink.push(Change::Side {
+                        row: row.clone(),
+                        time: *time,
+                    });
+                }
+            })
+            .probe_with(&probe);
+
+        (input, side_input, probe)
     });
 
     Dataflow {
         input,
+        side,
         probe,
         output,
     }

@@ -7,20 +7,25 @@
 //!   step the worker; worker 0 sends Update { changes, frontier } to the caller's channel
 //! ```
 //!
+//! Restored state (from PostgreSQL) enters once, at time 0, before any new data.
+//!
 //! One input time per batch keeps differential's work proportional to touched rows, not to events.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use crossbeam_channel::Sender;
-use streampulse_ingest::{Poll, Record, Source};
+use streampulse_ingest::{DeadLetter, Poll, Record, Source};
 use timely::worker::Worker;
 
+use crate::aggregate::{Aggregate, WindowKey};
 use crate::batch::{combine, Ledger};
-use crate::build::{build, Change};
+use crate::build::{build, Change, Sample, Side};
 use crate::config::Config;
-use crate::window::{Clock, Time};
+use crate::window::{time_of, watermark_of, Clock, Time, TICKS_PER_MS};
 
 /// What worker 0 reports after a step: the new changes and the dataflow's frontier (the global
 /// watermark; `None` once every input is closed and everything is final).
@@ -35,6 +40,7 @@ pub struct Update {
 pub struct Counters {
     pub events: AtomicU64,
     pub late: AtomicU64,
+    pub dead_letters: AtomicU64,
     pub batches: AtomicU64,
     /// Windows held in the workers' ledgers (what retention bounds).
     pub ledger_windows: AtomicU64,
@@ -58,12 +64,28 @@ impl Default for Limits {
     }
 }
 
+/// State stored by a previous run, to continue from exactly where its output ends.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Stat rows of the windows still in retention, fed once (by worker 0) at [`RESTORE_TIME`].
+    pub rows: Vec<(WindowKey, Aggregate)>,
+    /// Newest timestamp per partition, so lateness is judged as if the run had never stopped.
+    pub max_ts: BTreeMap<u32, i64>,
+    /// The stored watermark: new data are fed at or after it.
+    pub watermark_ms: Option<i64>,
+}
+
+/// Every this-many-th offset of a partition is kept in the raw-event sample.
+pub const SAMPLE_EVERY: i64 = 100;
+
 /// Runs one worker until its source is done (or `stop` is set) and all its output has left.
+#[allow(clippy::too_many_arguments)]
 pub fn run_worker(
     worker: &mut Worker,
     config: &Config,
     limits: Limits,
     source: &mut dyn Source,
+    resume: &Resume,
     output: Option<&Sender<Update>>,
     stop: &AtomicBool,
     counters: &Counters,
@@ -71,56 +93,105 @@ pub fn run_worker(
     let dataflow = build(worker, config);
     let probe = dataflow.probe;
     let buffer = dataflow.output;
-    let mut input = Some(dataflow.input);
+    let mut inputs = Some((dataflow.input, dataflow.side));
 
     let start = Instant::now();
     let mut clock = Clock::new(config.lateness_ms, config.idle_timeout_ms);
     let partitions = source.partitions();
     for &partition in &partitions {
-        clock.register(partition, start);
+        match resume.max_ts.get(&partition) {
+            Some(&max_ts) => clock.restore(partition, max_ts, start),
+            None => clock.register(partition, start),
+        }
+    }
+    let mut ledger = Ledger::default();
+    if let Some((input, _)) = inputs.as_mut() {
+        if worker.index() == 0 {
+            for (row, agg) in &resume.rows {
+                ledger.add(row, agg);
+                input.update(row.clone(), *agg);
+            }
+        }
+    }
+    if let Some((input, side)) = inputs.as_mut() {
+        let first = time_of(resume.watermark_ms.unwrap_or(0));
+        input.advance_to(first);
+        side.advance_to(first);
     }
     if partitions.is_empty() {
         // A worker without partitions must not hold back the watermark.
-        input = None;
+        inputs = None;
     }
-    let mut ledger = Ledger::default();
     let mut ledger_windows = 0u64;
-    let mut records: Vec<Record> = Vec::with_capacity(limits.batch_max.min(1 << 20));
+    let mut records: Vec<Record> = Vec::new();
+    let mut dead: Vec<DeadLetter> = Vec::new();
     let mut updates = Vec::new();
     let mut last_fed: Option<Time> = None;
+    let mut unflushed = false;
     let mut last_frontier: Option<Option<Time>> = None;
 
     loop {
         let mut poll = Poll::Done;
-        if let Some(session) = input.as_mut() {
-            poll = source.poll(&mut records, limits.batch_max);
+        if let Some((input, side)) = inputs.as_mut() {
+            poll = source.poll(&mut records, &mut dead, limits.batch_max);
             let now = Instant::now();
-            if !records.is_empty() {
-                let fed_at = *session.time();
+            if !records.is_empty() || !dead.is_empty() {
+                let fed_at = *input.time();
                 let late = combine(&records, &mut clock, config.window_ms, now, &mut updates);
                 counters
                     .events
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
                 counters.late.fetch_add(late as u64, Ordering::Relaxed);
+                counters
+                    .dead_letters
+                    .fetch_add(dead.len() as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
-                records.clear();
                 for (row, agg) in updates.drain(..) {
                     ledger.add(&row, &agg);
-                    session.update(row, agg);
+                    input.update(row, agg);
                 }
+                for (partition, next_offset) in positions(&records, &dead) {
+                    let max_ts = clock.max_ts(partition).unwrap_or(i64::MIN);
+                    side.update(
+                        Side::Position {
+                            partition,
+                            next_offset,
+                            max_ts,
+                        },
+                        1,
+                    );
+                }
+                for record in records.iter().filter(|r| r.offset % SAMPLE_EVERY == 0) {
+                    side.update(Side::Sample(sample(record)), 1);
+                }
+                for letter in dead.drain(..) {
+                    side.update(Side::DeadLetter(letter), 1);
+                }
+                records.clear();
                 last_fed = Some(fed_at);
+                unflushed = true;
             }
+            let mut next = *input.time();
             if let Some(watermark) = clock.watermark(now) {
-                let time = watermark.max(0) as Time;
-                if time > *session.time() {
-                    session.advance_to(time);
+                next = next.max(time_of(watermark));
+            }
+            if next == *input.time() && unflushed && poll != Poll::Ready {
+                // Nothing more to read and the watermark stands still: step to the next tick so the
+                // batch just fed completes, without claiming a later watermark.
+                if (next + 1) % TICKS_PER_MS != 0 {
+                    next += 1;
                 }
+            }
+            if next > *input.time() {
+                input.advance_to(next);
+                side.advance_to(next);
+                unflushed = false;
             }
             // The frontier is the global watermark: windows that ended `retain` before it go.
             if let Some(frontier) = probe.with_frontier(|f| f.first().copied()) {
-                let horizon = frontier as i64 - config.retain_ms;
+                let horizon = watermark_of(frontier) - config.retain_ms;
                 for (row, agg) in ledger.expire(horizon, config.window_ms) {
-                    session.update(row, agg);
+                    input.update(row, agg);
                 }
             }
             let windows = ledger.windows() as u64;
@@ -128,16 +199,17 @@ pub fn run_worker(
                 .ledger_windows
                 .fetch_add(windows.wrapping_sub(ledger_windows), Ordering::Relaxed);
             ledger_windows = windows;
-            session.flush();
+            input.flush();
+            side.flush();
         }
         if poll == Poll::Done || stop.load(Ordering::Relaxed) {
-            input = None; // dropping the session closes this worker's input
+            inputs = None; // dropping the sessions closes this worker's inputs
         }
 
         // Backpressure: let the previous batch clear before feeding the next, within a bound, so
         // that a stalled peer cannot stop this worker forever.
-        match (last_fed.take(), input.as_ref()) {
-            (Some(fed), Some(session)) if *session.time() > fed => {
+        match (last_fed.take(), inputs.as_ref()) {
+            (Some(fed), Some((input, _))) if *input.time() > fed => {
                 let deadline = Instant::now() + limits.max_wait;
                 while probe.less_equal(&fed) && Instant::now() < deadline {
                     worker.step();
@@ -145,11 +217,11 @@ pub fn run_worker(
             }
             _ => {
                 let park = if poll == Poll::Idle {
-                    Some(Duration::from_millis(5))
+                    Duration::from_millis(5)
                 } else {
-                    None
+                    Duration::ZERO
                 };
-                worker.step_or_park(park.or(Some(Duration::ZERO)));
+                worker.step_or_park(Some(park));
             }
         }
 
@@ -162,7 +234,7 @@ pub fn run_worker(
                 let _ = tx.send(Update { changes, frontier });
             }
         }
-        if input.is_none() && probe.done() && buffer.borrow().is_empty() {
+        if inputs.is_none() && probe.done() && buffer.borrow().is_empty() {
             if let Some(tx) = output {
                 if last_frontier != Some(None) {
                     let _ = tx.send(Update {
@@ -179,6 +251,32 @@ pub fn run_worker(
         .fetch_sub(ledger_windows, Ordering::Relaxed);
 }
 
+/// The resume position of every partition touched by a batch: one past its last offset.
+fn positions(records: &[Record], dead: &[DeadLetter]) -> BTreeMap<u32, i64> {
+    let mut next = BTreeMap::new();
+    let offsets = records.iter().map(|r| (r.partition, r.offset));
+    for (partition, offset) in offsets.chain(dead.iter().map(|d| (d.partition, d.offset))) {
+        let slot = next.entry(partition).or_insert(offset + 1);
+        *slot = (*slot).max(offset + 1);
+    }
+    next
+}
+
+fn sample(record: &Record) -> Sample {
+    let e = &record.event;
+    Sample {
+        partition: record.partition,
+        offset: record.offset,
+        event_id: e.event_id.clone(),
+        timestamp: e.timestamp,
+        content_id: e.content.content_id.clone(),
+        region: e.user_context.region.clone(),
+        device: e.user_context.device.clone(),
+        status: e.download.status.clone(),
+        error_code: e.download.error_code.clone(),
+    }
+}
+
 /// Runs the dataflow on timely workers built from `timely_config` and blocks until all are done.
 /// `make_source(worker, workers)` gives each worker its source; the worker with global index 0 sends
 /// its updates to `output`.
@@ -187,6 +285,7 @@ pub fn execute<F>(
     config: Config,
     limits: Limits,
     make_source: F,
+    resume: Resume,
     output: Option<Sender<Update>>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -205,6 +304,7 @@ where
             &config,
             limits,
             source.as_mut(),
+            &resume,
             output,
             &stop,
             &counters,

@@ -28,11 +28,11 @@ pub mod view;
 pub mod window;
 
 pub use aggregate::{Aggregate, Key, WindowKey};
-pub use build::{Change, Derived};
+pub use build::{Change, Derived, Side};
 pub use config::Config;
-pub use driver::{execute, run_worker, Counters, Limits, Update};
+pub use driver::{execute, run_worker, Counters, Limits, Resume, Update};
 pub use view::{View, WindowState};
 
 pub use rules::{Alert, Rule, Rules, Severity};
 
-pub use window::{Clock, Time, Window};
+pub use window::{time_of, watermark_of, Clock, Time, Window, RESTORE_TIME, TICKS_PER_MS};

@@ -116,6 +116,7 @@ impl View {
                     }
                     self.drop_if_empty(window);
                 }
+                Change::Side { .. } => {}
             }
         }
         self.frontier = update.frontier;

@@ -10,8 +10,26 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-/// The timely/differential time: a watermark in milliseconds since the Unix epoch.
+/// The timely/differential time: a watermark in milliseconds since the Unix epoch, times
+/// [`TICKS_PER_MS`], plus a small sequence number. The sequence lets a worker close a batch (so its
+/// output completes) while the watermark has not moved, without claiming a later watermark.
+/// Time 0 ([`RESTORE_TIME`]) holds only state restored at start-up; new data start at 1.
 pub type Time = u64;
+
+/// Ticks of [`Time`] per millisecond of watermark.
+pub const TICKS_PER_MS: u64 = 1000;
+/// The time of restored state: the sink knows everything at this time is already stored.
+pub const RESTORE_TIME: Time = 0;
+
+/// The first time at which data may be fed once the watermark is `watermark_ms`.
+pub fn time_of(watermark_ms: i64) -> Time {
+    (watermark_ms.max(0) as u64 * TICKS_PER_MS).max(1)
+}
+
+/// The watermark (in milliseconds) a time or frontier stands for.
+pub fn watermark_of(time: Time) -> i64 {
+    (time / TICKS_PER_MS) as i64
+}
 
 /// A tumbling window, named by its start in milliseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,7 +53,7 @@ impl Window {
     pub fn is_final(self, window_ms: i64, frontier: Option<Time>) -> bool {
         match frontier {
             None => true, // the input is closed: nothing can change any more
-            Some(t) => t as i64 >= self.end(window_ms),
+            Some(t) => watermark_of(t) >= self.end(window_ms),
         }
     }
 }
@@ -79,6 +97,23 @@ impl Clock {
 
     pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
         self.partitions.keys().copied()
+    }
+
+    /// Restores a partition's newest timestamp from stored progress, so lateness continues exactly
+    /// where the stored output left off.
+    pub fn restore(&mut self, partition: u32, max_ts: i64, now: Instant) {
+        self.partitions.insert(
+            partition,
+            PartitionClock {
+                max_ts: Some(max_ts),
+                last_seen: now,
+            },
+        );
+    }
+
+    /// The newest timestamp seen in a partition.
+    pub fn max_ts(&self, partition: u32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|c| c.max_ts)
     }
 
     /// Records an event; returns whether it is on time (`true`) or late (`false`).
@@ -138,8 +173,8 @@ mod tests {
     #[test]
     fn final_once_the_watermark_reaches_the_end() {
         let w = Window(60_000);
-        assert!(!w.is_final(60_000, Some(119_999)));
-        assert!(w.is_final(60_000, Some(120_000)));
+        assert!(!w.is_final(60_000, Some(time_of(119_999) + 7)));
+        assert!(w.is_final(60_000, Some(time_of(120_000))));
         assert!(w.is_final(60_000, None));
     }
 

@@ -87,6 +87,7 @@ fn run(
             let parts = (0..partitions).filter(|&p| owns(p, w, peers)).collect();
             Box::new(VecSource::new(parts, mine, batch_max))
         },
+        Default::default(),
         Some(tx),
         Arc::new(AtomicBool::new(false)),
         counters,

@@ -83,6 +83,15 @@ impl Event {
     }
 }
 
+/// A record that could not be decoded: where it was, why, and its bytes, kept for inspection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub partition: u32,
+    pub offset: i64,
+    pub reason: String,
+    pub raw: Vec<u8>,
+}
+
 /// An event together with where it was read from. Lateness is judged per partition, in offset order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {

@@ -5,16 +5,21 @@
 //! - [`avro`] encodes and decodes bare Avro datums against the committed schemas, with a [`DecodeError`]
 //!   that says what was wrong.
 //! - [`generator`] is the seeded, deterministic traffic generator with named fault [`Scenario`]s.
+//! - [`confluent`] owns the Confluent wire framing and the Schema Registry client.
+//! - [`kafka`] owns the Kafka source (partitions assigned by number, offsets kept by the sink) and
+//!   the producer.
 //! - [`source`] owns the [`Source`] trait a worker polls for records, and the in-process sources.
 //!
 //! Nothing here knows about windows or aggregates: that is the `dataflow` crate's job.
 
 pub mod avro;
+pub mod confluent;
 pub mod event;
 pub mod generator;
+pub mod kafka;
 pub mod source;
 
 pub use avro::{DecodeError, Decoder, Encoder};
-pub use event::{Content, Download, Event, Outcome, Record, UserContext};
+pub use event::{Content, DeadLetter, Download, Event, Outcome, Record, UserContext};
 pub use generator::{Generator, Scenario};
 pub use source::{GeneratorSource, Pace, Poll, Source, VecSource};

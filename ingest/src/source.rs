@@ -10,7 +10,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::event::Record;
+use crate::event::{DeadLetter, Record};
 use crate::generator::Generator;
 
 /// What a poll found.
@@ -30,8 +30,8 @@ pub trait Source {
     /// goes idle.
     fn partitions(&self) -> Vec<u32>;
 
-    /// Appends at most `max` records to `out`.
-    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Poll;
+    /// Appends at most `max` records to `out`, and any undecodable ones to `dead`.
+    fn poll(&mut self, out: &mut Vec<Record>, dead: &mut Vec<DeadLetter>, max: usize) -> Poll;
 }
 
 /// Whether `partition` belongs to `worker` of `workers`.
@@ -72,7 +72,7 @@ impl Source for VecSource {
     }
 
     /// Hands out the next stored batch whole (`max` was fixed when the batches were made).
-    fn poll(&mut self, out: &mut Vec<Record>, _max: usize) -> Poll {
+    fn poll(&mut self, out: &mut Vec<Record>, _dead: &mut Vec<DeadLetter>, _max: usize) -> Poll {
         match self.batches.next() {
             Some(batch) if out.is_empty() => {
                 *out = batch;
@@ -149,7 +149,7 @@ impl Source for GeneratorSource {
         self.mine.clone()
     }
 
-    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Poll {
+    fn poll(&mut self, out: &mut Vec<Record>, _dead: &mut Vec<DeadLetter>, max: usize) -> Poll {
         if self.mine.is_empty() {
             return Poll::Done;
         }
@@ -192,7 +192,7 @@ mod tests {
         for worker in 0..2 {
             let mut source = make(worker);
             let mut out = Vec::new();
-            while source.poll(&mut out, 64) != Poll::Done {}
+            while source.poll(&mut out, &mut Vec::new(), 64) != Poll::Done {}
             assert!(out.iter().all(|r| owns(r.partition, worker, 2)));
             all.extend(out);
         }

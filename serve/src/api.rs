@@ -23,7 +23,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use streampulse_dataflow::{Aggregate, Alert, Counters, Key, Rule, Rules, View, WindowState};
+use streampulse_dataflow::{
+    watermark_of, Aggregate, Alert, Counters, Key, Rule, Rules, View, WindowState,
+};
 
 /// What the handlers read.
 pub struct State {
@@ -276,7 +278,7 @@ fn health(state: &State, _: &Query) -> Result<Value, ApiError> {
         "uptime_seconds": state.started.elapsed().as_secs(),
         "events": state.counters.events.load(Ordering::Relaxed),
         "late_events": state.counters.late.load(Ordering::Relaxed),
-        "watermark": view.frontier().map(|t| iso8601(t as i64)),
+        "watermark": view.frontier().map(|t| iso8601(watermark_of(t))),
         "newest_window": view.newest().map(|w| iso8601(w.start())),
         "windows_in_memory": view.windows().len(),
     }))
@@ -411,7 +413,7 @@ pub fn alert_id(alert: &Alert) -> i64 {
     (hash & ((1 << 53) - 1)) as i64
 }
 
-fn threshold(rules: &Rules, rule: Rule) -> f64 {
+pub fn threshold(rules: &Rules, rule: Rule) -> f64 {
     match rule {
         Rule::HighErrorRate | Rule::SustainedErrorRate => rules.error_rate,
         Rule::SlowDownloads => rules.slow_mbps,

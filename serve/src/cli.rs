@@ -22,8 +22,116 @@ pub struct Cli {
 pub enum Command {
     /// Run the pipeline (with no flags: the built-in generator, API on 127.0.0.1:8080).
     Run(RunArgs),
+    /// Write generated events to a Kafka topic (creating it if missing).
+    Generate(GenerateArgs),
+    /// Apply the SQL migrations to PostgreSQL (also done at start-up by `run`).
+    Migrate(MigrateArgs),
     /// Run a benchmark and print one JSON object per line.
     Bench(BenchArgs),
+}
+
+/// Where events come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The built-in generator (no Kafka needed).
+    Generator,
+    /// A Kafka topic.
+    Kafka,
+}
+
+/// How record values are encoded on the wire.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireFormat {
+    /// A bare Avro datum of schemas/event.avsc.
+    Avro,
+    /// Confluent framing (0x00, schema id, datum) with a Schema Registry.
+    Confluent,
+}
+
+/// Kafka connection and topic.
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers.
+    #[arg(long, env = "STREAMPULSE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, env = "STREAMPULSE_TOPIC", default_value = "content-downloads")]
+    pub topic: String,
+    /// Wire format of record values.
+    #[arg(long, env = "STREAMPULSE_FORMAT", value_enum, default_value_t = WireFormat::Avro)]
+    pub format: WireFormat,
+    /// Schema Registry base URL (for --format confluent).
+    #[arg(long, env = "STREAMPULSE_REGISTRY")]
+    pub registry: Option<String>,
+    /// A librdkafka setting, `key=value` (repeatable), e.g. security.protocol=SASL_SSL.
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+impl KafkaArgs {
+    pub fn registry(&self) -> anyhow::Result<streampulse_ingest::confluent::SchemaRegistry> {
+        let url = self
+            .registry
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--format confluent needs --registry URL"))?;
+        Ok(streampulse_ingest::confluent::SchemaRegistry::new(url)?)
+    }
+
+    pub fn config(&self) -> anyhow::Result<streampulse_ingest::kafka::KafkaConfig> {
+        use streampulse_ingest::kafka::Format;
+        let format = match self.format {
+            WireFormat::Avro => Format::Avro,
+            WireFormat::Confluent => Format::Confluent {
+                registry: self.registry()?,
+            },
+        };
+        Ok(streampulse_ingest::kafka::KafkaConfig {
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+            format,
+            options: self.kafka_options.clone(),
+        })
+    }
+}
+
+/// PostgreSQL connection.
+#[derive(Args, Debug, Clone)]
+pub struct PostgresArgs {
+    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/streampulse (add ?sslmode=require for TLS).
+    #[arg(long, env = "STREAMPULSE_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// Schema holding the tables (a fresh one for a replay).
+    #[arg(long, env = "STREAMPULSE_PG_SCHEMA", default_value = "public")]
+    pub pg_schema: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    /// Write this many events as fast as possible (default: run in real time until stopped).
+    #[arg(long, env = "STREAMPULSE_COUNT")]
+    pub count: Option<u64>,
+    /// Event time of the first event, in ms since the epoch (default: now).
+    #[arg(long, env = "STREAMPULSE_START_MS")]
+    pub start_ms: Option<i64>,
+    /// With --format confluent: share of events written with schema v2 (the rest v1).
+    #[arg(long, default_value_t = 0.5)]
+    pub v2_share: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -31,6 +139,13 @@ pub struct RunArgs {
     /// Address of the HTTP API and dashboard.
     #[arg(long, env = "STREAMPULSE_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Where events come from.
+    #[arg(long, env = "STREAMPULSE_SOURCE", value_enum, default_value_t = SourceKind::Generator)]
+    pub source: SourceKind,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
     #[command(flatten)]
     pub dataflow: DataflowArgs,
     #[command(flatten)]
@@ -120,7 +235,7 @@ pub struct GeneratorArgs {
     /// Fault scenario: clean, cdn-outage or slow-downloads.
     #[arg(long, env = "STREAMPULSE_SCENARIO", default_value = "clean")]
     pub scenario: Scenario,
-    /// Partitions the generated stream is spread over.
+    /// Partitions the generated stream is spread over (and of a topic `generate` creates).
     #[arg(long, env = "STREAMPULSE_PARTITIONS", default_value_t = 4)]
     pub partitions: u32,
 }

@@ -6,14 +6,21 @@
 //! - [`api`] answers HTTP requests from the in-memory [`View`](streampulse_dataflow::View).
 //! - [`assets`] is the dashboard, compiled into the binary.
 //! - [`http`] is the hyper server: listener and shutdown come from the caller.
+//! - [`generate`] writes generated events to Kafka; [`migrate`] applies `sql/`.
+//! - [`db`] connects to PostgreSQL and loads what a previous run stored; [`sink`] writes every
+//!   change there exactly once.
 //! - [`bench`] runs `streampulse bench`.
 
 mod api;
 mod assets;
 mod bench;
 mod cli;
+mod db;
+mod generate;
 mod http;
+mod migrate;
 mod pipeline;
+mod sink;
 
 use clap::Parser;
 
@@ -26,6 +33,22 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli::Cli::parse().command {
         cli::Command::Run(args) => pipeline::run(args),
+        cli::Command::Generate(args) => generate::run(args),
+        cli::Command::Migrate(args) => {
+            let url = args
+                .postgres
+                .postgres
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--postgres URL is required"))?;
+            let db = db::Database::new(url, &args.postgres.pg_schema)?;
+            let mut client = db.connect()?;
+            let applied = migrate::migrate(&mut client, &db.schema)?;
+            log::info!(
+                "{} is up to date ({applied} migrations applied)",
+                db.display()
+            );
+            Ok(())
+        }
         cli::Command::Bench(args) => bench::run(args),
     }
 }

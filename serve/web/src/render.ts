@@ -251,13 +251,13 @@ function regionTile(r: Region): HTMLLIElement {
   return el(
     "li",
     { class: "region", testid: "region-tile", data: { region: r.region, status: r.health_status } },
+    el("p", { class: "region-name", text: r.region, testid: "region-name", title: r.region }),
     el(
       "div",
-      { class: "region-top" },
-      el("span", { class: "region-name", text: r.region, testid: "region-name" }),
+      { class: "region-row" },
+      el("span", { class: "region-rate", text: formatPercent(r.success_rate), testid: "region-rate" }),
       el("span", { class: "status-pill", text: r.health_status, testid: "region-status" }),
     ),
-    el("p", { class: "region-rate", text: formatPercent(r.success_rate), testid: "region-rate" }),
     el("span", { class: "rate-track" }, bar),
     el("p", {
       class: "region-meta",
