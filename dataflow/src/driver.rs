@@ -53,6 +53,8 @@ pub struct Limits {
     pub batch_max: usize,
     /// How long a worker waits for its previous batch to pass the frontier before feeding more.
     pub max_wait: Duration,
+    /// Most records per second this worker reads (`None`: as fast as it can), to cap catch-up load.
+    pub max_rate: Option<f64>,
 }
 
 impl Default for Limits {
@@ -60,6 +62,7 @@ impl Default for Limits {
         Limits {
             batch_max: 100_000,
             max_wait: Duration::from_secs(1),
+            max_rate: None,
         }
     }
 }
@@ -129,11 +132,22 @@ pub fn run_worker(
     let mut last_fed: Option<Time> = None;
     let mut unflushed = false;
     let mut last_frontier: Option<Option<Time>> = None;
+    let mut read = 0u64;
 
     loop {
         let mut poll = Poll::Done;
         if let Some((input, side)) = inputs.as_mut() {
-            poll = source.poll(&mut records, &mut dead, limits.batch_max);
+            let mut allowed = limits.batch_max;
+            if let Some(rate) = limits.max_rate {
+                let budget = (rate * start.elapsed().as_secs_f64()) as u64;
+                allowed = allowed.min(budget.saturating_sub(read) as usize);
+            }
+            poll = if allowed > 0 {
+                source.poll(&mut records, &mut dead, allowed)
+            } else {
+                Poll::Idle
+            };
+            read += (records.len() + dead.len()) as u64;
             let now = Instant::now();
             if !records.is_empty() || !dead.is_empty() {
                 let fed_at = *input.time();

@@ -16,6 +16,7 @@
 //! - [`rules`] owns the alert rules and their thresholds.
 //! - [`build`] builds the dataflow; [`driver`] drives it (feeding, stepping, retention, output).
 //! - [`view`] is the current state assembled from the output changes, which the API reads.
+//! - [`oracle`] recomputes every collection from scratch, for tests to compare against.
 //! - [`config`] gathers the knobs (window, lateness, retention, idle timeout, top-K, rules).
 
 pub mod aggregate;
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod build;
 pub mod config;
 pub mod driver;
+pub mod oracle;
 pub mod rules;
 pub mod view;
 pub mod window;

@@ -152,6 +152,9 @@ pub struct RunArgs {
     pub generator: GeneratorArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Most events per second this process reads (e.g. to cap catch-up load on PostgreSQL).
+    #[arg(long, env = "STREAMPULSE_MAX_RATE")]
+    pub max_rate: Option<f64>,
     /// Seconds between status lines in the log.
     #[arg(long, env = "STREAMPULSE_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval: u64,

@@ -147,6 +147,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let output = serves.then_some(tx);
         let limits = Limits {
             batch_max: LIVE_BATCH,
+            max_rate: args.max_rate.map(|r| r / args.cluster.workers as f64),
             ..Limits::default()
         };
         std::thread::Builder::new()

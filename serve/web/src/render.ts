@@ -138,7 +138,9 @@ export class Dashboard {
   private renderAlerts(r: Alerts): void {
     byTestId("alerts-count").textContent = formatInt(r.unacknowledged_count);
     byTestId("panel-alerts").dataset.active = String(r.unacknowledged_count > 0);
-    byTestId("alerts-list").replaceChildren(...r.data.map(alertItem));
+    const list = byTestId("alerts-list");
+    list.replaceChildren(...r.data.map(alertItem));
+    list.hidden = r.data.length === 0;
     byTestId("alerts-empty").hidden = r.data.length > 0;
   }
 
