@@ -10,7 +10,8 @@
 //! Exactly once: a transaction holds all changes of completed times together with the Kafka
 //! positions those changes came from, so after a crash the next run resumes Kafka at the stored
 //! positions and nothing is written twice or lost. Stat rows are sums, so upserts add deltas.
-//! Two kinds of change are never written: state restored at start-up (time 0, already stored) and
+//! Two kinds of change are never written: state restored at start-up (time 0, already stored, and
+//! with it the derived rows it implies) and
 //! retractions that only free memory (a window past retention), so stored rows are never deleted
 //! for that reason.
 
@@ -206,7 +207,9 @@ fn consolidate(changes: Vec<Change>, upto: Option<Time>, config: &SinkConfig) ->
     };
     for change in changes {
         match change {
-            Change::Stat { time, .. } if time == RESTORE_TIME => {}
+            // Restored state is what the tables already hold. Writing its derived rows again is not
+            // just redundant: consolidated with a later retraction it would cancel the delete.
+            Change::Stat { time, .. } | Change::Derived { time, .. } if time == RESTORE_TIME => {}
             Change::Stat { row, time, .. } if is_retention(row.window, time, config) => {}
             Change::Stat { row, delta, .. } => {
                 use differential_dataflow::difference::Semigroup;
