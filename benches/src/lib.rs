@@ -138,6 +138,40 @@ pub fn baseline_run(events: u64, seed: u64, config: &Config, batch_max: usize) -
     (started.elapsed().as_secs_f64(), rows)
 }
 
+/// The machine's parallel ceiling: `threads` independent baselines, each on its own partitions'
+/// events generated on its own thread, started together. No exchange, no merge of their results:
+/// whatever speed-up this gets over one thread is the most any parallel implementation could get.
+pub fn parallel_baseline_run(
+    events: u64,
+    seed: u64,
+    threads: usize,
+    config: &Config,
+    batch_max: usize,
+) -> f64 {
+    let ready = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (ready, config) = (ready.clone(), config.clone());
+            std::thread::spawn(move || {
+                let mut rest = materialise(events, seed, t, threads).into_iter();
+                let chunks: Vec<Vec<Record>> = std::iter::from_fn(|| {
+                    let chunk: Vec<Record> = rest.by_ref().take(batch_max.max(1)).collect();
+                    (!chunk.is_empty()).then_some(chunk)
+                })
+                .collect();
+                ready.wait();
+                baseline::aggregate(chunks, &config).rows()
+            })
+        })
+        .collect();
+    ready.wait();
+    let started = Instant::now();
+    for handle in handles {
+        handle.join().expect("baseline thread");
+    }
+    started.elapsed().as_secs_f64()
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
@@ -163,11 +197,20 @@ pub fn bench_dataflow(
     let mut base_rows = 0;
     let mut flow_secs: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut flow_rows: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut parallel_secs: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
         let (secs, rows) = baseline_run(events, seed, &config, batch_max);
         progress(&format!("run {}/{runs}: baseline {secs:.3}s", run + 1));
         base_secs.push(secs);
         base_rows = rows;
+        for &w in workers.iter().filter(|&&w| w > 1) {
+            let secs = parallel_baseline_run(events, seed, w, &config, batch_max);
+            progress(&format!(
+                "run {}/{runs}: {w} independent baselines {secs:.3}s",
+                run + 1
+            ));
+            parallel_secs.entry(w).or_default().push(secs);
+        }
         for &w in workers {
             let (secs, rows) = dataflow_run(events, seed, w, &config, batch_max);
             progress(&format!(
@@ -191,6 +234,20 @@ pub fn bench_dataflow(
         speedup_vs_1_worker: None,
         rows: base_rows,
     }];
+    for (w, secs) in parallel_secs {
+        let secs = median(secs);
+        out.push(Measurement {
+            name: "hashmap_baseline_parallel_ceiling".into(),
+            workers: w,
+            events,
+            runs,
+            seconds: secs,
+            events_per_sec: per_sec(secs),
+            ratio_to_baseline: base / secs,
+            speedup_vs_1_worker: None,
+            rows: 0,
+        });
+    }
     let one = flow_secs.get(&1).map(|s| median(s.clone()));
     for (w, secs) in flow_secs {
         let secs = median(secs);

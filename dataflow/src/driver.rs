@@ -292,8 +292,10 @@ fn sample(record: &Record) -> Sample {
 }
 
 /// Runs the dataflow on timely workers built from `timely_config` and blocks until all are done.
+/// (The arguments are the run's independent inputs; bundling them would only rename them.)
 /// `make_source(worker, workers)` gives each worker its source; the worker with global index 0 sends
 /// its updates to `output`.
+#[allow(clippy::too_many_arguments)]
 pub fn execute<F>(
     timely_config: timely::Config,
     config: Config,

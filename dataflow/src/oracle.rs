@@ -139,7 +139,7 @@ pub fn recompute(records: &[Record], config: &Config) -> Oracle {
             _ => {}
         }
     }
-    for ((region, window), _) in &high {
+    for (region, window) in high.keys() {
         let run: Vec<_> = (0..rules.sustained_windows as i64)
             .map(|back| high.get(&(region.clone(), Window(window.0 - back * w))))
             .collect();

@@ -6,10 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use streampulse_dataflow::oracle::{recompute, Oracle};
-use streampulse_dataflow::{
-    execute, Aggregate, Config, Counters, Derived, Key, Limits, Rule, Severity, View, Window,
-    WindowKey,
-};
+use streampulse_dataflow::{execute, Config, Counters, Derived, Key, Limits, Rule, View, Window};
 use streampulse_ingest::generator::{Rng, FAULT_END_MIN, FAULT_START_MIN};
 use streampulse_ingest::source::owns;
 use streampulse_ingest::{Generator, Record, Scenario, VecSource};
