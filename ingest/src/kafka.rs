@@ -44,6 +44,9 @@ pub struct KafkaConfig {
     pub format: Format,
     /// Extra librdkafka settings (`--kafka-option key=value`), applied last.
     pub options: Vec<(String, String)>,
+    /// Where a partition without stored progress starts: the first record at or after this time
+    /// (ms since the epoch), or the beginning when `None`.
+    pub start_at: Option<i64>,
 }
 
 impl KafkaConfig {
@@ -130,6 +133,10 @@ impl KafkaConfig {
     }
 }
 
+fn start_offset(config: &KafkaConfig) -> Offset {
+    config.start_at.map_or(Offset::Beginning, Offset::Offset)
+}
+
 /// The decoder for a wire format.
 enum Decoding {
     Avro(Decoder),
@@ -163,8 +170,24 @@ impl KafkaSource {
         for &p in &partitions {
             let offset = resume
                 .get(&p)
-                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+                .map_or(start_offset(config), |&o| Offset::Offset(o));
             assignment.add_partition_offset(&config.topic, p as i32, offset)?;
+        }
+        if config.start_at.is_some() {
+            // Entries holding a timestamp become the first offset at or after that time (the end
+            // when there is none); entries holding a stored offset are left as they are.
+            let mut by_time = TopicPartitionList::new();
+            for &p in partitions.iter().filter(|p| !resume.contains_key(p)) {
+                by_time.add_partition_offset(&config.topic, p as i32, start_offset(config))?;
+            }
+            let resolved = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
+            for element in resolved.elements() {
+                assignment.set_partition_offset(
+                    &config.topic,
+                    element.partition(),
+                    element.offset(),
+                )?;
+            }
         }
         consumer.assign(&assignment)?;
         let decoding = match &config.format {

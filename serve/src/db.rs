@@ -27,9 +27,13 @@ impl Database {
     /// Parses the URL and schema; fails fast on a malformed URL or schema name.
     pub fn new(url: &str, schema: &str) -> anyhow::Result<Database> {
         check_schema_name(schema)?;
-        let config: Config = url
+        let mut config: Config = url
             .parse()
             .with_context(|| format!("invalid PostgreSQL URL {}", redact(url)))?;
+        if config.get_application_name().is_none() {
+            // Lets operators (and the TLS test) find our sessions in pg_stat_activity.
+            config.application_name("streampulse");
+        }
         let verify = url.contains("sslmode=verify");
         Ok(Database {
             config,

@@ -79,6 +79,10 @@ fn generate(topic: &str, count: u64, scenario: &str, extra: &[&str]) {
 }
 
 fn start(topic: &str, schema: &str, extra: &[&str]) -> Child {
+    start_with(&postgres_url(), topic, schema, extra)
+}
+
+fn start_with(url: &str, topic: &str, schema: &str, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args([
             "run",
@@ -91,7 +95,7 @@ fn start(topic: &str, schema: &str, extra: &[&str]) -> Child {
         ])
         .args([
             "--postgres",
-            &postgres_url(),
+            url,
             "--pg-schema",
             schema,
             "--http",
@@ -597,14 +601,22 @@ fn confluent_framing_with_mixed_schemas_and_poison_records() {
     let (records, bad) = read_topic(&topic, |b| decoder.decode(b).ok());
     assert_eq!((records.len(), bad), (20_000, 4));
 
+    // This run also talks TLS to PostgreSQL (`sslmode=require`; .ci/services enables TLS).
     let schema = unique("confluent");
-    let mut child = start(
-        &topic,
-        &schema,
-        &["--format", "confluent", "--registry", &registry_url],
-    );
+    let tls_url = format!("{}?sslmode=require", postgres_url());
+    let args = ["--format", "confluent", "--registry", &registry_url];
+    let mut child = start_with(&tls_url, &topic, &schema, &args);
     wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(120));
+    let encrypted: i64 = pg()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'streampulse'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     stop(child);
+    assert!(encrypted >= 1, "the sink's session is encrypted");
 
     let mut client = pg();
     let dead = ms(
