@@ -55,6 +55,9 @@ pub struct Limits {
     pub max_wait: Duration,
     /// Most records per second this worker reads (`None`: as fast as it can), to cap catch-up load.
     pub max_rate: Option<f64>,
+    /// Keep every this-many-th offset of a partition in the raw-event sample (`None`: no sample;
+    /// only a sink stores it).
+    pub sample_every: Option<i64>,
 }
 
 impl Default for Limits {
@@ -63,6 +66,7 @@ impl Default for Limits {
             batch_max: 100_000,
             max_wait: Duration::from_secs(1),
             max_rate: None,
+            sample_every: None,
         }
     }
 }
@@ -77,9 +81,6 @@ pub struct Resume {
     /// The stored watermark: new data are fed at or after it.
     pub watermark_ms: Option<i64>,
 }
-
-/// Every this-many-th offset of a partition is kept in the raw-event sample.
-pub const SAMPLE_EVERY: i64 = 100;
 
 /// Runs one worker until its source is done (or `stop` is set) and all its output has left.
 #[allow(clippy::too_many_arguments)]
@@ -175,7 +176,8 @@ pub fn run_worker(
                         1,
                     );
                 }
-                for record in records.iter().filter(|r| r.offset % SAMPLE_EVERY == 0) {
+                let every = limits.sample_every.unwrap_or(i64::MAX);
+                for record in records.iter().filter(|r| r.offset % every == 0) {
                     side.update(Side::Sample(sample(record)), 1);
                 }
                 for letter in dead.drain(..) {
@@ -226,7 +228,9 @@ pub fn run_worker(
             (Some(fed), Some((input, _))) if *input.time() > fed => {
                 let deadline = Instant::now() + limits.max_wait;
                 while probe.less_equal(&fed) && Instant::now() < deadline {
-                    worker.step();
+                    // Park rather than spin: a waiting worker must not take the core its peer
+                    // (or the collector) needs; timely unparks it when messages arrive.
+                    worker.step_or_park(Some(Duration::from_millis(1)));
                 }
             }
             _ => {
