@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the pipeline (with no flags: the built-in generator, API on 127.0.0.1:8080).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write generated events to a Kafka topic (creating it if missing).
     Generate(GenerateArgs),
     /// Apply the SQL migrations to PostgreSQL (also done at start-up by `run`).
@@ -65,6 +65,10 @@ pub struct KafkaArgs {
     /// A librdkafka setting, `key=value` (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
+    /// Partitions without stored progress start at the first record at or after this time (ms since
+    /// the epoch, e.g. `$(date -d '2 hours ago' +%s%3N)`) instead of the beginning: a replay from a time.
+    #[arg(long, env = "STREAMPULSE_START_AT_MS")]
+    pub start_at_ms: Option<i64>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -96,6 +100,7 @@ impl KafkaArgs {
             topic: self.topic.clone(),
             format,
             options: self.kafka_options.clone(),
+            start_at: self.start_at_ms,
         })
     }
 }
@@ -158,6 +163,41 @@ pub struct RunArgs {
     /// Seconds between status lines in the log.
     #[arg(long, env = "STREAMPULSE_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Who may call the HTTP API from a browser, and who may acknowledge alerts.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// An origin allowed to call the API from a browser, e.g. https://ops.example.com (repeatable;
+    /// `*` allows any; the variable takes a comma-separated list). Default: none.
+    #[arg(
+        long = "cors-origin",
+        env = "STREAMPULSE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Bearer token that `POST /api/alerts/{id}/ack` requires (with --postgres).
+    #[arg(long, env = "STREAMPULSE_ACK_TOKEN", hide_env_values = true)]
+    pub ack_token: Option<Secret>,
+}
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// The computation's knobs (SPEC §4–§5).

@@ -1,7 +1,8 @@
 //! The hyper server. The caller passes the listener and the shutdown signal, so tests bind port 0.
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections at once, request headers must arrive within
-//! [`HEADER_TIMEOUT`], and request heads are capped at 64 KiB (no endpoint reads a body).
+//! [`HEADER_TIMEOUT`], and request heads are capped at 64 KiB. Bodies are the API's business: only
+//! `POST /api/alerts/{id}/ack` reads one, at most 16 KiB (see `api`).
 
 use std::convert::Infallible;
 use std::future::Future;

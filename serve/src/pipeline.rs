@@ -147,6 +147,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let output = serves.then_some(tx);
         let limits = Limits {
             batch_max: LIVE_BATCH,
+            // The old pipeline's event_log kept every 100th event; only the sink stores it.
+            sample_every: db.is_some().then_some(100),
             max_rate: args.max_rate.map(|r| r / args.cluster.workers as f64),
             ..Limits::default()
         };
@@ -184,7 +186,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             })?
     };
 
-    let state = Arc::new(State::new(view.clone(), counters.clone(), rules));
+    let state = Arc::new(State::new(
+        view.clone(),
+        counters.clone(),
+        rules,
+        &args.api,
+        db.clone(),
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

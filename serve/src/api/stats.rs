@@ -1,0 +1,416 @@
+//! The old pipeline's read endpoints, with its parameters and field names, computed from the
+//! in-memory [`View`].
+//!
+//! ```text
+//!   Input { view, rules, acknowledged ids } + Query ─▶ handler ─▶ serde_json::Value
+//! ```
+//!
+//! Handlers are pure functions of their input, so the caller may cache the serialised answer until
+//! the view (or the set of acknowledged alerts) changes. `/health` is not one of them: it reports
+//! the wall clock and live counters.
+//!
+//! "Now" is the stream's own clock: `minutes=5` means the windows covering the 5 newest minutes of
+//! event time. Rates are fractions (0–1) computed from sums, not averages of per-window ratios.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use differential_dataflow::difference::Semigroup;
+use serde_json::{json, Value};
+use streampulse_dataflow::{
+    watermark_of, Aggregate, Alert, Counters, Key, Rule, Rules, View, WindowState,
+};
+
+use super::query::Query;
+use super::ApiError;
+
+/// What a cacheable handler reads.
+pub struct Input<'a> {
+    pub view: &'a View,
+    pub rules: &'a Rules,
+    /// Ids of alerts acknowledged in PostgreSQL (empty without it).
+    pub acknowledged: &'a HashSet<i64>,
+}
+
+pub type Handler = fn(&Input, &Query) -> Result<Value, ApiError>;
+
+/// The cacheable endpoints: path, handler, and the parameters the answer depends on.
+pub const ENDPOINTS: [(&str, Handler, &[&str]); 6] = [
+    ("/api/stats/realtime", realtime, &["minutes"]),
+    ("/api/stats/trending", trending, &["minutes", "limit"]),
+    ("/api/stats/regions", regions, &["minutes"]),
+    (
+        "/api/stats/alerts",
+        alerts,
+        &["limit", "severity", "acknowledged"],
+    ),
+    ("/api/stats/timeseries", timeseries, &["minutes"]),
+    ("/api/stats/devices", devices, &["minutes", "limit"]),
+];
+
+/// `/health`: liveness, the watermark and the counters.
+pub fn health(
+    view: &View,
+    counters: &Counters,
+    uptime_seconds: u64,
+    database: Option<&str>,
+) -> Value {
+    json!({
+        "status": "healthy",
+        "database": database,
+        "timestamp": iso8601(now_ms()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": uptime_seconds,
+        "events": counters.events.load(Ordering::Relaxed),
+        "late_events": counters.late.load(Ordering::Relaxed),
+        "watermark": view.frontier().map(|t| iso8601(watermark_of(t))),
+        "newest_window": view.newest().map(|w| iso8601(w.start())),
+        "windows_in_memory": view.windows().len(),
+    })
+}
+
+/// Milliseconds since the epoch as ISO-8601 UTC (`2024-05-01T12:34:00.000Z`).
+pub fn iso8601(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn round(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
+}
+
+/// How many windows cover `minutes` of event time.
+fn windows_for(view: &View, minutes: i64) -> usize {
+    let ms = minutes * 60_000;
+    ((ms + view.window_ms() - 1) / view.window_ms()).max(1) as usize
+}
+
+/// Sums the rows that `pick` selects from the recent windows, by the name it returns.
+fn sum_by<K: Ord>(
+    view: &View,
+    windows: usize,
+    mut pick: impl FnMut(&Key) -> Option<K>,
+) -> BTreeMap<K, Aggregate> {
+    let mut sums = BTreeMap::new();
+    for (_, state) in view.recent(windows) {
+        for (key, agg) in &state.stats {
+            if let Some(k) = pick(key) {
+                sums.entry(k)
+                    .or_insert_with(Aggregate::default)
+                    .plus_equals(agg);
+            }
+        }
+    }
+    sums
+}
+
+/// Most downloads first, ties by name.
+fn ranked<K: Ord>(sums: BTreeMap<K, Aggregate>) -> Vec<(K, Aggregate)> {
+    let mut rows: Vec<_> = sums.into_iter().collect();
+    rows.sort_by(|a, b| {
+        b.1.downloads
+            .cmp(&a.1.downloads)
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    rows
+}
+
+fn late_in(state: &WindowState) -> i64 {
+    state
+        .stats
+        .iter()
+        .filter(|(k, _)| matches!(k, Key::Late { .. }))
+        .map(|(_, a)| a.downloads)
+        .sum()
+}
+
+fn realtime(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let minutes = q.int("minutes", 5, 1, 60)?;
+    let view = input.view;
+    let n = windows_for(view, minutes);
+    let mut total = Aggregate::default();
+    let mut late = 0;
+    let mut windows = 0;
+    for (_, w) in view.recent(n) {
+        total.plus_equals(&w.total());
+        late += late_in(w);
+        windows += 1;
+    }
+    let titles = sum_by(view, n, |k| match k {
+        Key::Content { content_id, .. } => Some(content_id.clone()),
+        _ => None,
+    });
+    Ok(json!({
+        "total_downloads": total.downloads,
+        "unique_content": titles.len(),
+        "avg_success_rate": round(total.success_rate(), 3),
+        "avg_download_time": (total.downloads > 0).then(|| round(total.avg_duration_s(), 1)),
+        "successful_downloads": total.successful,
+        "failed_downloads": total.failed,
+        "total_size_gb": round(total.total_size_gb(), 2),
+        "late_events": late,
+        "window_minutes": minutes,
+        "windows": windows,
+        "as_of": view.newest().map(|w| iso8601(w.end(view.window_ms()))),
+    }))
+}
+
+fn trending(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let minutes = q.int("minutes", 5, 1, 60)?;
+    let limit = q.int("limit", 5, 1, 20)? as usize;
+    let view = input.view;
+    let sums = sum_by(view, windows_for(view, minutes), |k| match k {
+        Key::Content { content_id, title } => Some((content_id.clone(), title.clone())),
+        _ => None,
+    });
+    let data: Vec<Value> = ranked(sums)
+        .into_iter()
+        .take(limit)
+        .map(|((content_id, title), a)| {
+            json!({
+                "content_id": content_id,
+                "title": title,
+                "total_downloads": a.downloads,
+                "successful_downloads": a.successful,
+                "failed_downloads": a.failed,
+                "success_rate": round(a.success_rate(), 3),
+                "total_size_gb": round(a.total_size_gb(), 2),
+            })
+        })
+        .collect();
+    Ok(json!({ "count": data.len(), "data": data, "window_minutes": minutes }))
+}
+
+/// healthy ≥ 0.95 > degraded ≥ 0.90 > critical.
+pub fn health_status(success_rate: f64) -> &'static str {
+    if success_rate >= 0.95 {
+        "healthy"
+    } else if success_rate >= 0.90 {
+        "degraded"
+    } else {
+        "critical"
+    }
+}
+
+fn regions(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let minutes = q.int("minutes", 5, 1, 60)?;
+    let view = input.view;
+    let sums = sum_by(view, windows_for(view, minutes), |k| match k {
+        Key::Region(region) => Some(region.clone()),
+        _ => None,
+    });
+    let data: Vec<Value> = ranked(sums)
+        .into_iter()
+        .map(|(region, a)| {
+            json!({
+                "region": region,
+                "downloads": a.downloads,
+                "successful": a.successful,
+                "failed": a.failed,
+                "success_rate": round(a.success_rate(), 3),
+                "avg_speed": round(a.avg_speed_mbps(), 1),
+                "avg_duration_s": round(a.avg_duration_s(), 1),
+                "total_size_gb": round(a.total_size_gb(), 2),
+                "health_status": health_status(a.success_rate()),
+            })
+        })
+        .collect();
+    Ok(json!({ "count": data.len(), "data": data, "window_minutes": minutes }))
+}
+
+/// A stable id for an alert: the same rule, region and window always get the same id.
+pub fn alert_id(alert: &Alert) -> i64 {
+    // FNV-1a over the identifying fields, kept within JavaScript's exact integer range.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let key = format!(
+        "{}|{}|{}",
+        alert.rule.name(),
+        alert.region,
+        alert.window.start()
+    );
+    for byte in key.bytes() {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash & ((1 << 53) - 1)) as i64
+}
+
+pub fn threshold(rules: &Rules, rule: Rule) -> f64 {
+    match rule {
+        Rule::HighErrorRate | Rule::SustainedErrorRate => rules.error_rate,
+        Rule::SlowDownloads => rules.slow_mbps,
+        Rule::CdnFailure => rules.cdn_share,
+    }
+}
+
+fn alerts(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let limit = q.int("limit", 10, 1, 50)? as usize;
+    let acknowledged = q.boolean("acknowledged", false)?;
+    let severity = match q.get("severity").map(|s| s.trim().to_ascii_uppercase()) {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) if s == "CRITICAL" || s == "WARNING" || s == "INFO" => Some(s),
+        Some(s) => {
+            return Err(ApiError::bad_parameter(format!(
+                "severity must be CRITICAL, WARNING or INFO, got {s:?}"
+            )))
+        }
+    };
+    let view = input.view;
+    let mut all: Vec<(i64, &Alert)> = view
+        .windows()
+        .values()
+        .flat_map(WindowState::alerts)
+        .map(|a| (alert_id(a), a))
+        .collect();
+    // Newest first; within a window the most severe first.
+    all.sort_by(|(_, a), (_, b)| {
+        b.window
+            .cmp(&a.window)
+            .then(a.severity.cmp(&b.severity))
+            .then(a.rule.cmp(&b.rule))
+            .then(a.region.cmp(&b.region))
+    });
+    // Acknowledgements live in PostgreSQL; without it every in-memory alert is unacknowledged.
+    let is_acknowledged = |id: &i64| input.acknowledged.contains(id);
+    let unacknowledged = all.iter().filter(|(id, _)| !is_acknowledged(id)).count();
+    let w = view.window_ms();
+    let data: Vec<Value> = all
+        .into_iter()
+        .filter(|(id, _)| is_acknowledged(id) == acknowledged)
+        .filter(|(_, a)| severity.as_deref().is_none_or(|s| s == a.severity.name()))
+        .take(limit)
+        .map(|(id, a)| {
+            json!({
+                "id": id,
+                "alert_type": a.rule.name(),
+                "severity": a.severity.name(),
+                "message": a.message(),
+                "region": a.region,
+                "metric_name": a.rule.metric_name(),
+                "metric_value": round(a.metric_value(), 4),
+                "threshold_value": threshold(input.rules, a.rule),
+                "created_at": iso8601(a.window.start()),
+                "window_start": iso8601(a.window.start()),
+                "window_end": iso8601(a.window.end(w)),
+                "is_final": view.is_final(a.window),
+                "acknowledged": is_acknowledged(&id),
+            })
+        })
+        .collect();
+    Ok(json!({ "count": data.len(), "data": data, "unacknowledged_count": unacknowledged }))
+}
+
+fn timeseries(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let minutes = q.int("minutes", 60, 5, 1440)?;
+    let view = input.view;
+    let n = windows_for(view, minutes);
+    let data: Vec<Value> = view
+        .recent(n)
+        .map(|(window, w)| {
+            let total = w.total();
+            json!({
+                "window_start": iso8601(window.start()),
+                "total_downloads": total.downloads,
+                "successful_downloads": total.successful,
+                "success_rate": round(total.success_rate(), 3),
+                "unique_content": w.unique_content(),
+                "late_events": late_in(w),
+                "is_final": view.is_final(*window),
+            })
+        })
+        .collect();
+    let end = view.newest().map(|w| w.end(view.window_ms()));
+    let start = end.map(|e| e - n as i64 * view.window_ms());
+    Ok(json!({
+        "count": data.len(),
+        "data": data,
+        "start_time": start.map(iso8601),
+        "end_time": end.map(iso8601),
+    }))
+}
+
+fn devices(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let minutes = q.int("minutes", 5, 1, 60)?;
+    let limit = q.int("limit", 10, 1, 20)? as usize;
+    let view = input.view;
+    let sums = sum_by(view, windows_for(view, minutes), |k| match k {
+        Key::Device { device, .. } => Some(device.clone()),
+        _ => None,
+    });
+    let data: Vec<Value> = ranked(sums)
+        .into_iter()
+        .take(limit)
+        .map(|(device, a)| {
+            json!({
+                "device": device,
+                "total_downloads": a.downloads,
+                "successful_downloads": a.successful,
+                "success_rate": round(a.success_rate(), 3),
+                "avg_speed": round(a.avg_speed_mbps(), 1),
+            })
+        })
+        .collect();
+    Ok(json!({ "count": data.len(), "data": data, "window_minutes": minutes }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn health_thresholds() {
+        assert_eq!(health_status(0.95), "healthy");
+        assert_eq!(health_status(0.9499), "degraded");
+        assert_eq!(health_status(0.90), "degraded");
+        assert_eq!(health_status(0.8999), "critical");
+    }
+
+    #[test]
+    fn empty_view_answers_every_endpoint() {
+        let view = View::new(60_000);
+        let rules = streampulse_dataflow::Config::default().rules;
+        let acknowledged = HashSet::new();
+        let input = Input {
+            view: &view,
+            rules: &rules,
+            acknowledged: &acknowledged,
+        };
+        let q = Query::parse("").unwrap();
+        for (path, handler, _) in ENDPOINTS {
+            let body = handler(&input, &q).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+            assert!(body.is_object(), "{path}");
+        }
+    }
+}

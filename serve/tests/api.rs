@@ -1,0 +1,1090 @@
+//! The HTTP API of the real binary: `streampulse run` on a free port (it binds port 0 and logs
+//! the address) with the built-in generator, spoken to over a plain `TcpStream`.
+//!
+//! - without PostgreSQL: every endpoint's fields (the old pipeline's names) and types, checked
+//!   against both a fixed list and `/openapi.json`; parameter bounds taken from the document; 404,
+//!   405 with `Allow`, 413; `/metrics` parsed line by line with counters that increase; CORS for an
+//!   allowed and a refused origin; cache headers; `X-Response-Time`; the ack endpoint's 503;
+//! - with PostgreSQL (`.ci/services up`, URL from STREAMPULSE_POSTGRES): acknowledging alerts in a
+//!   schema of the test's own (401, 404, 400, 413, 200, the row in the table, the alert list), then
+//!   the schema is dropped.
+//!
+//! One-second windows make the generator's clean traffic raise alerts within seconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streampulse");
+const ALLOWED_ORIGIN: &str = "http://dashboard.example";
+const TOKEN: &str = "test-token-0123456789";
+
+// ---------------------------------------------------------------------------------------------
+// The server and a tiny HTTP client
+// ---------------------------------------------------------------------------------------------
+
+/// A running `streampulse run`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args([
+                "run",
+                "--http",
+                "127.0.0.1:0",
+                "--rate",
+                "300",
+                "--window",
+                "1",
+            ])
+            .args(["--status-interval", "3600"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("streampulse run starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some((_, addr)) = line.split_once("API and dashboard on http://") {
+                        let _ = tx.send(addr.trim().parse::<SocketAddr>().expect("an address"));
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let server = Server { child, addr, log };
+        server.eventually("the first events", Duration::from_secs(30), || {
+            let body = server.get("/api/stats/realtime").json();
+            (body["total_downloads"].as_i64()? > 0).then_some(())
+        });
+        server
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        request(self.addr, method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// Polls `check` until it returns `Some`, failing with the server's log after `timeout`.
+    fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; server log:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts a JSON error with this status and code.
+    fn assert_error(&self, status: u16, code: &str) -> &Reply {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{body}"
+        );
+        let keys: BTreeSet<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, BTreeSet::from(["error", "detail"]));
+        self
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`, so the body ends at EOF).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let chunked = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let declared = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    if !chunked && !declared && (method == "POST" || !body.is_empty()) {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("reads the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = std::str::from_utf8(&raw[..split]).expect("an ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("name: value");
+            (n.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let body = raw[split + 4..].to_vec();
+    let reply = Reply {
+        status,
+        headers,
+        body,
+    };
+    if let Some(length) = reply.header("content-length").filter(|_| method != "HEAD") {
+        assert_eq!(
+            length.parse::<usize>().unwrap(),
+            reply.body.len(),
+            "{method} {path}"
+        );
+    }
+    reply
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes
+// ---------------------------------------------------------------------------------------------
+
+/// The old pipeline's field names, per endpoint: (top level, each item of `data`).
+fn expected_fields(path: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+    match path {
+        "/health" => (
+            vec![
+                "status",
+                "database",
+                "timestamp",
+                "version",
+                "uptime_seconds",
+                "events",
+                "late_events",
+                "watermark",
+                "newest_window",
+                "windows_in_memory",
+            ],
+            vec![],
+        ),
+        "/api/stats/realtime" => (
+            vec![
+                "total_downloads",
+                "unique_content",
+                "avg_success_rate",
+                "avg_download_time",
+                "successful_downloads",
+                "failed_downloads",
+                "total_size_gb",
+                "late_events",
+                "window_minutes",
+                "windows",
+                "as_of",
+            ],
+            vec![],
+        ),
+        "/api/stats/trending" => (
+            vec!["count", "data", "window_minutes"],
+            vec![
+                "content_id",
+                "title",
+                "total_downloads",
+                "successful_downloads",
+                "failed_downloads",
+                "success_rate",
+                "total_size_gb",
+            ],
+        ),
+        "/api/stats/regions" => (
+            vec!["count", "data", "window_minutes"],
+            vec![
+                "region",
+                "downloads",
+                "successful",
+                "failed",
+                "success_rate",
+                "avg_speed",
+                "avg_duration_s",
+                "total_size_gb",
+                "health_status",
+            ],
+        ),
+        "/api/stats/alerts" => (
+            vec!["count", "data", "unacknowledged_count"],
+            vec![
+                "id",
+                "alert_type",
+                "severity",
+                "message",
+                "region",
+                "metric_name",
+                "metric_value",
+                "threshold_value",
+                "created_at",
+                "window_start",
+                "window_end",
+                "is_final",
+                "acknowledged",
+            ],
+        ),
+        "/api/stats/timeseries" => (
+            vec!["count", "data", "start_time", "end_time"],
+            vec![
+                "window_start",
+                "total_downloads",
+                "successful_downloads",
+                "success_rate",
+                "unique_content",
+                "late_events",
+                "is_final",
+            ],
+        ),
+        "/api/stats/devices" => (
+            vec!["count", "data", "window_minutes"],
+            vec![
+                "device",
+                "total_downloads",
+                "successful_downloads",
+                "success_rate",
+                "avg_speed",
+            ],
+        ),
+        _ => panic!("no expected fields for {path}"),
+    }
+}
+
+const JSON_GETS: [&str; 7] = [
+    "/health",
+    "/api/stats/realtime",
+    "/api/stats/trending",
+    "/api/stats/regions",
+    "/api/stats/alerts",
+    "/api/stats/timeseries",
+    "/api/stats/devices",
+];
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {value}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A schema with its `$ref` followed and an `allOf` merged into one object schema.
+fn resolve(doc: &Value, schema: &Value) -> Value {
+    if let Some(r) = schema["$ref"].as_str() {
+        return resolve(
+            doc,
+            doc.pointer(r.trim_start_matches('#'))
+                .expect("$ref resolves"),
+        );
+    }
+    if let Some(parts) = schema["allOf"].as_array() {
+        let mut properties = serde_json::Map::new();
+        for part in parts {
+            let part = resolve(doc, part);
+            properties.extend(part["properties"].as_object().unwrap().clone());
+        }
+        return serde_json::json!({ "type": "object", "properties": properties });
+    }
+    schema.clone()
+}
+
+/// Checks `value` against the subset of JSON Schema the document uses: types (with null), required
+/// and exactly the declared properties, array items, enums.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    let schema = resolve(doc, schema);
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let actual = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let matches = types.is_empty()
+        || types.contains(&actual)
+        || (actual == "integer" && types.contains(&"number"));
+    assert!(matches, "{at}: {value} is not {types:?}");
+    if let Some(options) = schema["enum"].as_array() {
+        assert!(options.contains(value), "{at}: {value} not in {options:?}");
+    }
+    if let (Some(properties), Value::Object(object)) = (schema["properties"].as_object(), value) {
+        let declared: BTreeSet<&String> = properties.keys().collect();
+        let present: BTreeSet<&String> = object.keys().collect();
+        assert_eq!(declared, present, "{at}: fields differ from the document");
+        for (name, property) in properties {
+            conforms(doc, property, &object[name], &format!("{at}.{name}"));
+        }
+    }
+    if let (Some(items), Value::Array(values)) = (schema.get("items"), value) {
+        for (i, item) in values.iter().enumerate() {
+            conforms(doc, items, item, &format!("{at}[{i}]"));
+        }
+    }
+}
+
+fn check_shapes(server: &Server, doc: &Value) {
+    for path in JSON_GETS {
+        let reply = server.get(path);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{path}"
+        );
+        let body = reply.json();
+        let (top, item) = expected_fields(path);
+        assert_eq!(keys(&body), names(&top), "{path}: top-level fields");
+        if let Some(data) = body.get("data") {
+            let data = data.as_array().expect("data is an array");
+            assert!(
+                !data.is_empty(),
+                "{path}: no data while events flow: {body}"
+            );
+            assert_eq!(
+                body["count"].as_u64(),
+                Some(data.len() as u64),
+                "{path}: count"
+            );
+            for row in data {
+                assert_eq!(keys(row), names(&item), "{path}: item fields");
+            }
+        }
+        let schema =
+            &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert!(
+            !schema.is_null(),
+            "{path} has no 200 schema in openapi.json"
+        );
+        conforms(doc, schema, &body, path);
+    }
+}
+
+fn check_parameter_bounds(server: &Server, doc: &Value) {
+    // The examples of the issue, spelled out.
+    for bad in [
+        "minutes=0",
+        "minutes=61",
+        "minutes=abc",
+        "minutes=",
+        "minutes=1.5",
+    ] {
+        server
+            .get(&format!("/api/stats/realtime?{bad}"))
+            .assert_error(400, "bad_parameter");
+    }
+    for bad in [
+        "limit=0",
+        "limit=51",
+        "severity=LOUD",
+        "acknowledged=maybe",
+        "minutes=%zz",
+    ] {
+        server
+            .get(&format!("/api/stats/alerts?{bad}"))
+            .assert_error(400, "bad_parameter");
+    }
+    let long = format!("/api/stats/realtime?x={}", "a".repeat(3000));
+    server.get(&long).assert_error(400, "bad_parameter");
+    // Every integer parameter the document bounds: its bounds are accepted, one past them is not.
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for parameter in item["get"]["parameters"].as_array().into_iter().flatten() {
+            let schema = &parameter["schema"];
+            if schema["type"] != "integer" {
+                continue;
+            }
+            let name = parameter["name"].as_str().unwrap();
+            let (lo, hi) = (
+                schema["minimum"].as_i64().unwrap(),
+                schema["maximum"].as_i64().unwrap(),
+            );
+            for ok in [lo, hi] {
+                let reply = server.get(&format!("{path}?{name}={ok}"));
+                assert_eq!(reply.status, 200, "{path}?{name}={ok}: {}", reply.text());
+            }
+            for bad in [lo - 1, hi + 1] {
+                let reply = server.get(&format!("{path}?{name}={bad}"));
+                reply.assert_error(400, "bad_parameter");
+                assert!(reply.json()["detail"].as_str().unwrap().contains(name));
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8, "bounded integer parameters in openapi.json");
+    // Echoed bounds: the answer says which period it covers.
+    let body = server.get("/api/stats/trending?minutes=7&limit=2").json();
+    assert_eq!(body["window_minutes"], 7);
+    assert!(body["count"].as_u64().unwrap() <= 2);
+}
+
+fn check_errors(server: &Server) {
+    server.get("/nope").assert_error(404, "not_found");
+    server.get("/api/stats/nope").assert_error(404, "not_found");
+    server.get("/health/").assert_error(404, "not_found");
+
+    let reply = server.request("POST", "/api/stats/realtime", &[], b"");
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("GET, HEAD, OPTIONS"));
+    let reply = server.request("DELETE", "/", &[], b"");
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("GET, HEAD, OPTIONS"));
+    let reply = server.get("/api/alerts/1/ack");
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("POST, OPTIONS"));
+
+    // A declared body over 16 KiB is refused before anything else.
+    let reply = server.request(
+        "POST",
+        "/api/alerts/1/ack",
+        &[("Content-Length", "20000")],
+        b"",
+    );
+    reply.assert_error(413, "payload_too_large");
+
+    // Without PostgreSQL nothing can be acknowledged, with or without a token.
+    let auth = format!("Bearer {TOKEN}");
+    server
+        .request(
+            "POST",
+            "/api/alerts/1/ack",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .assert_error(503, "unavailable");
+
+    let head = server.request("HEAD", "/health", &[], b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+}
+
+fn check_headers(server: &Server) {
+    for path in [
+        "/health",
+        "/api/stats/realtime",
+        "/metrics",
+        "/nope",
+        "/openapi.json",
+        "/",
+    ] {
+        let reply = server.get(path);
+        let took = reply
+            .header("x-response-time")
+            .unwrap_or_else(|| panic!("{path}: no X-Response-Time"));
+        let ms = took.strip_suffix("ms").expect("ends in ms");
+        assert!(
+            ms.split_once('.').is_some_and(|(_, f)| f.len() == 3),
+            "{took}"
+        );
+        assert!(ms.parse::<f64>().unwrap() >= 0.0);
+        assert_eq!(reply.header("vary"), Some("Origin"), "{path}");
+    }
+    let index = server.get("/");
+    assert_eq!(index.status, 200);
+    assert_eq!(index.header("cache-control"), Some("no-cache"));
+    assert_eq!(
+        server.get("/index.html").header("cache-control"),
+        Some("no-cache")
+    );
+    let html = index.text();
+    let assets: Vec<&str> = html
+        .match_indices("assets/")
+        .map(|(at, _)| html[at..].split(['"', '\'']).next().unwrap())
+        .collect();
+    for asset in &assets {
+        let reply = server.get(&format!("/{asset}"));
+        assert_eq!(reply.status, 200, "{asset}");
+        assert_eq!(
+            reply.header("cache-control"),
+            Some("public, max-age=31536000, immutable"),
+            "{asset}"
+        );
+    }
+    let docs = server.get("/docs");
+    assert_eq!(docs.status, 200);
+    assert!(docs
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert_eq!(docs.header("cache-control"), Some("no-cache"));
+    let page = docs.text();
+    // The Swagger UI page names its bundle; the page of a binary built without it links the JSON.
+    assert!(
+        page.contains("assets/docs-") || page.contains("openapi.json"),
+        "{page}"
+    );
+    for script in page
+        .match_indices("assets/docs-")
+        .map(|(at, _)| page[at..].split('"').next().unwrap())
+    {
+        assert_eq!(server.get(&format!("/{script}")).status, 200, "{script}");
+    }
+}
+
+fn check_openapi(server: &Server) -> Value {
+    let reply = server.get("/openapi.json");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let doc = reply.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut routes: Vec<&str> = JSON_GETS.to_vec();
+    routes.extend([
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/",
+        "/api/alerts/{id}/ack",
+    ]);
+    for route in &routes {
+        assert!(
+            paths.contains_key(*route),
+            "{route} missing from openapi.json"
+        );
+    }
+    assert_eq!(paths.len(), routes.len());
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                operation["responses"]["200"].is_object(),
+                "{method} {path}: no 200"
+            );
+        }
+    }
+    assert!(paths["/api/alerts/{id}/ack"]["post"]["responses"]["401"].is_object());
+    doc
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// Parses the text format strictly: every sample belongs to a family declared by `# TYPE`, labels
+/// are `name="value"` pairs, values are numbers. Returns `series → value`.
+fn scrape(server: &Server) -> BTreeMap<String, f64> {
+    let reply = server.get("/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        reply.header("content-type")
+    );
+    let text = reply.text();
+    assert!(text.ends_with('\n'));
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "{line}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let family = [
+            name,
+            name.trim_end_matches("_sum"),
+            name.trim_end_matches("_count"),
+        ]
+        .into_iter()
+        .find(|n| types.contains_key(*n))
+        .unwrap_or_else(|| panic!("{line}: no # TYPE before it"));
+        if types[family] == "counter" {
+            assert!(name.ends_with("_total"), "{line}: counters end in _total");
+        }
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .expect(line);
+                for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                    let (label, value) = pair.split_once("=\"").expect(line);
+                    assert!(
+                        label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
+                    assert!(!value.contains('\n'));
+                }
+            }
+        }
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "duplicate {series}"
+        );
+    }
+    samples
+}
+
+fn check_metrics(server: &Server) {
+    let before = scrape(server);
+    for family in [
+        "streampulse_events_total",
+        "streampulse_late_events_total",
+        "streampulse_dead_letters_total",
+        "streampulse_batches_total",
+        "streampulse_windows_in_memory",
+        "streampulse_watermark_seconds",
+        "streampulse_uptime_seconds",
+    ] {
+        assert!(before.contains_key(family), "{family} missing");
+    }
+    let watermark = before["streampulse_watermark_seconds"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - watermark).abs() < 120.0,
+        "watermark {watermark} is not near {now}"
+    );
+    assert!(before["streampulse_windows_in_memory"] >= 1.0);
+
+    let health = "streampulse_http_requests_total{route=\"/health\",status=\"200\"}";
+    let missing = "streampulse_http_requests_total{route=\"unmatched\",status=\"404\"}";
+    for _ in 0..3 {
+        assert_eq!(server.get("/health").status, 200);
+    }
+    server.get("/no/such/path/x1");
+    server.get("/no/such/path/x2");
+    // Repeated identical polls: after the first, answered from the serialised cache.
+    for _ in 0..5 {
+        server.get("/api/stats/regions?minutes=2");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = scrape(server);
+    assert!(after["streampulse_events_total"] > before["streampulse_events_total"]);
+    assert!(after["streampulse_batches_total"] > before["streampulse_batches_total"]);
+    assert!(after["streampulse_watermark_seconds"] >= watermark);
+    assert_eq!(
+        after[health],
+        before.get(health).copied().unwrap_or(0.0) + 3.0
+    );
+    assert_eq!(
+        after[missing],
+        before.get(missing).copied().unwrap_or(0.0) + 2.0
+    );
+    let count = "streampulse_http_request_duration_seconds_count{route=\"/health\"}";
+    assert!(after[count] >= after[health]);
+    assert!(after["streampulse_http_request_duration_seconds_sum{route=\"/health\"}"] > 0.0);
+    assert!(
+        after["streampulse_response_cache_hits_total"]
+            > before["streampulse_response_cache_hits_total"]
+    );
+    // Routes are labels, never raw paths.
+    assert!(
+        after.keys().all(|series| !series.contains("/no/such")),
+        "raw path in metrics"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CORS
+// ---------------------------------------------------------------------------------------------
+
+fn check_cors(server: &Server) {
+    let allowed = server.request(
+        "GET",
+        "/api/stats/realtime",
+        &[("Origin", ALLOWED_ORIGIN)],
+        b"",
+    );
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some(ALLOWED_ORIGIN)
+    );
+    assert_eq!(allowed.header("vary"), Some("Origin"));
+
+    let refused = server.request(
+        "GET",
+        "/api/stats/realtime",
+        &[("Origin", "http://evil.example")],
+        b"",
+    );
+    assert_eq!(
+        refused.status, 200,
+        "CORS is enforced by the browser, not by refusing"
+    );
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    assert_eq!(refused.header("vary"), Some("Origin"));
+
+    let preflight = |origin: &str, path: &str, method: &str| {
+        server.request(
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", method),
+                (
+                    "Access-Control-Request-Headers",
+                    "authorization, content-type",
+                ),
+            ],
+            b"",
+        )
+    };
+    let ok = preflight(ALLOWED_ORIGIN, "/api/alerts/7/ack", "POST");
+    assert_eq!(ok.status, 204);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some(ALLOWED_ORIGIN)
+    );
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    let headers = ok
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("content-type"));
+    let ok = preflight(ALLOWED_ORIGIN, "/api/stats/alerts", "GET");
+    assert_eq!(ok.status, 204);
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("GET"));
+
+    let no = preflight("http://evil.example", "/api/alerts/7/ack", "POST");
+    assert_eq!(no.status, 204);
+    assert_eq!(no.header("access-control-allow-origin"), None);
+    assert_eq!(no.header("access-control-allow-methods"), None);
+    assert_eq!(preflight(ALLOWED_ORIGIN, "/nope", "GET").status, 404);
+}
+
+#[test]
+fn every_endpoint_without_postgres() {
+    let server = Server::start(&["--cors-origin", ALLOWED_ORIGIN, "--ack-token", TOKEN]);
+    let doc = check_openapi(&server);
+    // Alerts come and go while a window is open; wait until every list has rows to check.
+    server.eventually("an alert", Duration::from_secs(60), || {
+        let body = server.get("/api/stats/alerts").json();
+        (body["count"].as_u64()? > 0).then_some(())
+    });
+    check_shapes(&server, &doc);
+    check_parameter_bounds(&server, &doc);
+    check_errors(&server);
+    check_headers(&server);
+    check_metrics(&server);
+    check_cors(&server);
+    // The token never reaches the log.
+    assert!(!server.log.lock().unwrap().contains(TOKEN));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acknowledgements in PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+fn postgres_url() -> String {
+    std::env::var("STREAMPULSE_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/streampulse".into())
+}
+
+/// A schema of this test's own, dropped when this goes out of scope (after the server).
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Schema {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Schema(format!(
+            "api_test_{}_{}",
+            std::process::id(),
+            nanos % 1_000_000_000
+        ))
+    }
+
+    fn client(&self) -> Client {
+        let mut client = Client::connect(&postgres_url(), NoTls)
+            .expect("PostgreSQL is up (run .ci/services up)");
+        client
+            .batch_execute(&format!("SET search_path TO {}", self.0))
+            .unwrap();
+        client
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = Client::connect(&postgres_url(), NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+        }
+    }
+}
+
+fn ack(server: &Server, id: &str, token: Option<&str>, body: &[u8]) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    server.request("POST", &format!("/api/alerts/{id}/ack"), &headers, body)
+}
+
+#[test]
+fn acknowledging_alerts_in_postgres() {
+    let schema = Schema::new();
+    let server = Server::start(&[
+        "--postgres",
+        &postgres_url(),
+        "--pg-schema",
+        &schema.0,
+        "--ack-token",
+        TOKEN,
+    ]);
+    let mut db = schema.client();
+
+    // A row of our own, so the flow does not depend on which alerts the traffic raises.
+    let id: i64 = 4_242_424_242;
+    db.execute(
+        "INSERT INTO alerts (id, alert_type, severity, region, window_start, window_end, metric_name,
+                             metric_value, threshold_value, message)
+         VALUES ($1, 'TEST_ALERT', 'WARNING', 'TEST-Region', now(), now() + interval '1 second',
+                 'error_rate', 0.5, 0.1, 'inserted by serve/tests/api.rs')",
+        &[&id],
+    )
+    .unwrap();
+    let path_id = id.to_string();
+
+    let reply = ack(&server, &path_id, None, b"");
+    reply.assert_error(401, "unauthorized");
+    assert!(reply
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Bearer"));
+    let reply = ack(&server, &path_id, Some("wrong-token"), b"");
+    reply.assert_error(401, "unauthorized");
+    assert!(reply
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+    let reply = ack(&server, &path_id, Some(&TOKEN[..TOKEN.len() - 1]), b"");
+    reply.assert_error(401, "unauthorized");
+    ack(&server, "1", Some(TOKEN), b"").assert_error(404, "not_found");
+    ack(&server, "abc", Some(TOKEN), b"").assert_error(400, "bad_parameter");
+    ack(&server, &path_id, Some(TOKEN), b"{not json").assert_error(400, "bad_body");
+    ack(&server, &path_id, Some(TOKEN), br#"{"by": 7}"#).assert_error(400, "bad_body");
+    let big = format!(r#"{{"by": "{}"}}"#, "x".repeat(17 * 1024));
+    ack(&server, &path_id, Some(TOKEN), big.as_bytes()).assert_error(413, "payload_too_large");
+    // The same without a declared length: the body is cut off while it is read.
+    let mut chunked = format!("{:x}\r\n", big.len()).into_bytes();
+    chunked.extend_from_slice(big.as_bytes());
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let auth = format!("Bearer {TOKEN}");
+    server
+        .request(
+            "POST",
+            &format!("/api/alerts/{id}/ack"),
+            &[("Authorization", &auth), ("Transfer-Encoding", "chunked")],
+            &chunked,
+        )
+        .assert_error(413, "payload_too_large");
+    let untouched: bool = db
+        .query_one("SELECT acknowledged FROM alerts WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert!(!untouched, "a refused request changed the row");
+
+    let reply = ack(&server, &path_id, Some(TOKEN), br#"{"by": "test-oncall"}"#);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let alert = reply.json();
+    assert_eq!(alert["id"], id);
+    assert_eq!(alert["alert_type"], "TEST_ALERT");
+    assert_eq!(alert["acknowledged"], true);
+    assert_eq!(alert["acknowledged_by"], "test-oncall");
+    assert!(alert["acknowledged_at"].as_str().unwrap().ends_with('Z'));
+    let doc = server.get("/openapi.json").json();
+    let schema_200 = &doc["paths"]["/api/alerts/{id}/ack"]["post"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    conforms(&doc, schema_200, &alert, "ack");
+    let row = db
+        .query_one(
+            "SELECT acknowledged, acknowledged_by, acknowledged_at IS NOT NULL, acknowledged_at > now() - interval '1 minute'
+             FROM alerts WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("test-oncall")
+    );
+    assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    // Acknowledging again keeps the first acknowledgement.
+    let again = ack(&server, &path_id, Some(TOKEN), br#"{"by": "someone-else"}"#);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["acknowledged_by"], "test-oncall");
+    assert_eq!(again.json()["acknowledged_at"], alert["acknowledged_at"]);
+
+    // A real alert: once the sink has stored it, acknowledging it moves it between the lists.
+    let real = server.eventually(
+        "a final alert stored in PostgreSQL",
+        Duration::from_secs(60),
+        || {
+            let body = server.get("/api/stats/alerts?limit=50").json();
+            body["data"].as_array()?.iter().find_map(|a| {
+                let id = a["id"].as_i64().filter(|_| a["is_final"] == true)?;
+                let stored =
+                    db.query_opt("SELECT 1 FROM alerts WHERE id = $1 AND is_final", &[&id]);
+                stored.ok()?.map(|_| id)
+            })
+        },
+    );
+    let reply = ack(&server, &real.to_string(), Some(TOKEN), b"");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["acknowledged_by"], Value::Null);
+    let listed = |acknowledged: bool| -> Vec<Value> {
+        let body = server
+            .get(&format!(
+                "/api/stats/alerts?limit=50&acknowledged={acknowledged}"
+            ))
+            .json();
+        body["data"].as_array().unwrap().clone()
+    };
+    let acked = listed(true);
+    let entry = acked
+        .iter()
+        .find(|a| a["id"] == real)
+        .expect("listed as acknowledged");
+    assert_eq!(entry["acknowledged"], true);
+    assert!(listed(false).iter().all(|a| a["id"] != real));
+    assert!(listed(false).iter().all(|a| a["acknowledged"] == false));
+
+    let metrics = scrape(&server);
+    assert!(metrics["streampulse_alert_acknowledgements_total"] >= 3.0);
+    assert_eq!(server.get("/health").json()["database"], "ok");
+    assert!(!server.log.lock().unwrap().contains(TOKEN));
+    drop(server);
+    drop(schema);
+}
