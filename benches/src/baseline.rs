@@ -8,18 +8,9 @@
 
 use differential_dataflow::difference::Semigroup;
 use rustc_hash::FxHashMap;
+use streampulse_dataflow::batch::KeyRef;
 use streampulse_dataflow::{Aggregate, Config, Key, Rule, Window};
 use streampulse_ingest::Record;
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RowKey<'a> {
-    Total,
-    Content(&'a str, &'a str),
-    Region(&'a str),
-    Device(&'a str, &'a str),
-    Error(&'a str, &'a str),
-    Late(u32),
-}
 
 /// The baseline's final state.
 pub struct Result {
@@ -35,34 +26,12 @@ impl Result {
     }
 }
 
-impl RowKey<'_> {
-    fn to_key(self) -> Key {
-        match self {
-            RowKey::Total => Key::Total,
-            RowKey::Content(id, title) => Key::Content {
-                content_id: id.into(),
-                title: title.into(),
-            },
-            RowKey::Region(r) => Key::Region(r.into()),
-            RowKey::Device(d, os) => Key::Device {
-                device: d.into(),
-                os_version: os.into(),
-            },
-            RowKey::Error(r, code) => Key::Error {
-                region: r.into(),
-                error_code: code.into(),
-            },
-            RowKey::Late(p) => Key::Late { partition: p },
-        }
-    }
-}
-
 /// Aggregates `chunks` (the events in topic order, in chunks as a source would deliver them).
 pub fn aggregate(chunks: Vec<Vec<Record>>, config: &Config) -> Result {
     let mut newest: FxHashMap<u32, i64> = FxHashMap::default();
     let mut rows: FxHashMap<(Window, Key), Aggregate> = FxHashMap::default();
     for batch in chunks {
-        let mut sums: FxHashMap<(Window, RowKey<'_>), Aggregate> = FxHashMap::default();
+        let mut sums: FxHashMap<(Window, KeyRef<'_>), Aggregate> = FxHashMap::default();
         for record in &batch {
             let event = &record.event;
             let window = Window::of(event.timestamp, config.window_ms);
@@ -70,21 +39,21 @@ pub fn aggregate(chunks: Vec<Vec<Record>>, config: &Config) -> Result {
             let mut add = |key| sums.entry((window, key)).or_default().plus_equals(&agg);
             let max = newest.entry(record.partition).or_insert(event.timestamp);
             if event.timestamp < *max - config.lateness_ms {
-                add(RowKey::Late(record.partition));
+                add(KeyRef::Late(record.partition));
                 continue;
             }
             *max = (*max).max(event.timestamp);
             let user = &event.user_context;
-            add(RowKey::Total);
-            add(RowKey::Content(
+            add(KeyRef::Total);
+            add(KeyRef::Content(
                 &event.content.content_id,
                 &event.content.title,
             ));
-            add(RowKey::Region(&user.region));
-            add(RowKey::Device(&user.device, &user.os_version));
+            add(KeyRef::Region(&user.region));
+            add(KeyRef::Device(&user.device, &user.os_version));
             if agg.failed == 1 {
                 if let Some(code) = event.download.error_code.as_deref() {
-                    add(RowKey::Error(&user.region, code));
+                    add(KeyRef::Error(&user.region, code));
                 }
             }
         }

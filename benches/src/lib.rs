@@ -222,46 +222,30 @@ pub fn bench_dataflow(
         }
     }
     let base = median(base_secs);
-    let per_sec = |secs: f64| events as f64 / secs;
-    let mut out = vec![Measurement {
-        name: "hashmap_baseline".into(),
-        workers: 1,
+    let line = |name: &str, workers: usize, secs: f64, rows: usize, one: Option<f64>| Measurement {
+        name: name.into(),
+        workers,
         events,
         runs,
-        seconds: base,
-        events_per_sec: per_sec(base),
-        ratio_to_baseline: 1.0,
-        speedup_vs_1_worker: None,
-        rows: base_rows,
-    }];
+        seconds: secs,
+        events_per_sec: events as f64 / secs,
+        ratio_to_baseline: base / secs,
+        speedup_vs_1_worker: one.map(|one| one / secs),
+        rows,
+    };
+    let mut out = vec![line("hashmap_baseline", 1, base, base_rows, None)];
     for (w, secs) in parallel_secs {
-        let secs = median(secs);
-        out.push(Measurement {
-            name: "hashmap_baseline_parallel_ceiling".into(),
-            workers: w,
-            events,
-            runs,
-            seconds: secs,
-            events_per_sec: per_sec(secs),
-            ratio_to_baseline: base / secs,
-            speedup_vs_1_worker: None,
-            rows: 0,
-        });
+        out.push(line(
+            "hashmap_baseline_parallel_ceiling",
+            w,
+            median(secs),
+            0,
+            None,
+        ));
     }
     let one = flow_secs.get(&1).map(|s| median(s.clone()));
     for (w, secs) in flow_secs {
-        let secs = median(secs);
-        out.push(Measurement {
-            name: "dataflow".into(),
-            workers: w,
-            events,
-            runs,
-            seconds: secs,
-            events_per_sec: per_sec(secs),
-            ratio_to_baseline: base / secs,
-            speedup_vs_1_worker: one.map(|one| one / secs),
-            rows: flow_rows[&w],
-        });
+        out.push(line("dataflow", w, median(secs), flow_rows[&w], one));
     }
     out
 }

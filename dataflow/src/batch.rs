@@ -20,9 +20,9 @@ use streampulse_ingest::Record;
 use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::window::{Clock, Window};
 
-/// A [`Key`] borrowing its strings from the batch.
+/// A [`Key`] borrowing its strings from the batch (so summing an event allocates nothing).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum KeyRef<'a> {
+pub enum KeyRef<'a> {
     Total,
     Content(&'a str, &'a str),
     Region(&'a str),
@@ -32,7 +32,7 @@ enum KeyRef<'a> {
 }
 
 impl KeyRef<'_> {
-    fn to_key(self) -> Key {
+    pub fn to_key(self) -> Key {
         match self {
             KeyRef::Total => Key::Total,
             KeyRef::Content(id, title) => Key::Content {

@@ -10,7 +10,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
-use crate::build::{Change, Derived};
+use crate::build::{Change, Derived, Side};
 use crate::driver::Update;
 use crate::rules::Alert;
 use crate::window::{Time, Window};
@@ -82,6 +82,8 @@ pub struct View {
     windows: BTreeMap<Window, WindowState>,
     frontier: Option<Time>,
     updates: u64,
+    /// Per partition, the offset the dataflow has read up to (from the sources' positions).
+    positions: BTreeMap<u32, i64>,
 }
 
 impl View {
@@ -91,6 +93,7 @@ impl View {
             windows: BTreeMap::new(),
             frontier: Some(0),
             updates: 0,
+            positions: BTreeMap::new(),
         }
     }
 
@@ -115,6 +118,18 @@ impl View {
                         state.derived.remove(&row);
                     }
                     self.drop_if_empty(window);
+                }
+                Change::Side {
+                    row:
+                        Side::Position {
+                            partition,
+                            next_offset,
+                            ..
+                        },
+                    ..
+                } => {
+                    let slot = self.positions.entry(partition).or_insert(next_offset);
+                    *slot = (*slot).max(next_offset);
                 }
                 Change::Side { .. } => {}
             }
@@ -149,6 +164,11 @@ impl View {
 
     pub fn windows(&self) -> &BTreeMap<Window, WindowState> {
         &self.windows
+    }
+
+    /// Per partition, the next offset to read: what the dataflow has consumed.
+    pub fn positions(&self) -> &BTreeMap<u32, i64> {
+        &self.positions
     }
 
     /// The stream's "now": the newest window in memory.

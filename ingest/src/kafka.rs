@@ -137,6 +137,35 @@ fn start_offset(config: &KafkaConfig) -> Offset {
     config.start_at.map_or(Offset::Beginning, Offset::Offset)
 }
 
+/// Reads the topic's high watermarks (for the lag metric) through one long-lived client.
+pub struct HighWatermarks {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl HighWatermarks {
+    pub fn new(config: &KafkaConfig) -> Result<HighWatermarks, KafkaError> {
+        Ok(HighWatermarks {
+            consumer: config.consumer()?,
+            topic: config.topic.clone(),
+        })
+    }
+
+    /// The next offset to be written, per partition (a network round trip per partition).
+    pub fn fetch(&self, partitions: u32) -> Result<BTreeMap<u32, i64>, KafkaError> {
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = self.consumer.fetch_watermarks(
+                    &self.topic,
+                    p as i32,
+                    Duration::from_secs(5),
+                )?;
+                Ok((p, high))
+            })
+            .collect()
+    }
+}
+
 /// The decoder for a wire format.
 enum Decoding {
     Avro(Decoder),

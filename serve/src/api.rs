@@ -54,6 +54,10 @@ pub struct State {
     acks: ack::Acks,
     http: metrics::HttpMetrics,
     cache: cache::ResponseCache,
+    /// The sink's commit counters, when PostgreSQL is configured.
+    pub sink: Option<Arc<crate::sink::SinkStats>>,
+    /// The Kafka topic's high watermarks per partition, refreshed in the background.
+    pub high_watermarks: Option<Arc<std::sync::Mutex<std::collections::BTreeMap<u32, i64>>>>,
 }
 
 impl State {
@@ -74,6 +78,8 @@ impl State {
             acks: ack::Acks::new(db, args.ack_token.as_ref()),
             http: metrics::HttpMetrics::default(),
             cache: cache::ResponseCache::default(),
+            sink: None,
+            high_watermarks: None,
         }
     }
 }

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use streampulse_dataflow::{execute, Counters, Limits, Resume, Update, View};
-use streampulse_ingest::kafka::KafkaSource;
+use streampulse_ingest::kafka::{HighWatermarks, KafkaSource};
 use streampulse_ingest::{Generator, GeneratorSource, Pace, Source};
 
 use crate::api::State;
 use crate::cli::{RunArgs, SourceKind};
 use crate::db::{load_resume, Database};
-use crate::sink::{self, SinkConfig};
+use crate::sink::{self, SinkConfig, SinkStats};
 
 /// Updates that may wait for the collector before the dataflow has to pause.
 const UPDATE_BUFFER: usize = 1024;
@@ -41,6 +41,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(url) => Some(Database::new(url, &args.postgres.pg_schema)?),
         None => None,
     };
+    let mut kafka_partitions = 0;
     let kafka = match args.source {
         SourceKind::Kafka => {
             let kafka = args.kafka.config()?;
@@ -52,6 +53,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 kafka.topic,
                 kafka.brokers
             );
+            kafka_partitions = partitions;
             Some(kafka)
         }
         SourceKind::Generator => {
@@ -96,6 +98,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .filter(|_| serves)
         .map(|_| crossbeam_channel::bounded::<Update>(UPDATE_BUFFER));
 
+    let sink_stats = Arc::new(SinkStats::default());
     let sink = match (&db, &sink_channel) {
         (Some(db), Some((_, sink_rx))) => {
             let sink_config = SinkConfig {
@@ -106,11 +109,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 retain_ms: config.retain_ms,
                 rules: rules.clone(),
             };
-            let (db, sink_rx) = (db.clone(), sink_rx.clone());
+            let (db, sink_rx, stats) = (db.clone(), sink_rx.clone(), sink_stats.clone());
             Some(
                 std::thread::Builder::new()
                     .name("sink".into())
-                    .spawn(move || sink::run(db, sink_config, sink_rx))?,
+                    .spawn(move || sink::run(db, sink_config, sink_rx, &stats))?,
             )
         }
         _ => None,
@@ -131,6 +134,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             })?
     };
 
+    // Lag = high watermark − position; the high watermarks are fetched every 5 s off the data path.
+    let high_watermarks = match (&kafka, serves) {
+        (Some(kafka), true) => {
+            let highs = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+            let (client, shared, partitions) =
+                (HighWatermarks::new(kafka)?, highs.clone(), kafka_partitions);
+            std::thread::Builder::new()
+                .name("kafka-lag".into())
+                .spawn(move || loop {
+                    match client.fetch(partitions) {
+                        Ok(marks) => *shared.lock().expect("lag lock") = marks,
+                        Err(e) => log::debug!("fetching high watermarks: {e}"),
+                    }
+                    std::thread::sleep(Duration::from_secs(5));
+                })?;
+            Some(highs)
+        }
+        _ => None,
+    };
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let gen = args.generator.clone();
     if kafka.is_none() {
@@ -186,13 +208,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             })?
     };
 
-    let state = Arc::new(State::new(
-        view.clone(),
-        counters.clone(),
-        rules,
-        &args.api,
-        db.clone(),
-    ));
+    let mut state = State::new(view.clone(), counters.clone(), rules, &args.api, db.clone());
+    state.sink = sink.is_some().then_some(sink_stats);
+    state.high_watermarks = high_watermarks;
+    let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

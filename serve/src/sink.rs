@@ -16,6 +16,7 @@
 //! for that reason.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -37,6 +38,15 @@ pub struct SinkConfig {
     pub window_ms: i64,
     pub retain_ms: i64,
     pub rules: streampulse_dataflow::Rules,
+}
+
+/// What the sink has done, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub commits: AtomicU64,
+    /// Total time spent in committed transactions, in microseconds.
+    pub commit_micros: AtomicU64,
+    pub retries: AtomicU64,
 }
 
 /// One transaction's worth of consolidated changes.
@@ -62,7 +72,12 @@ impl Batch {
 
 /// Runs the sink until the channel closes (the dataflow finished). Database errors are retried with
 /// backoff; the batch that failed is kept and retried whole.
-pub fn run(db: Database, config: SinkConfig, updates: Receiver<Update>) -> anyhow::Result<()> {
+pub fn run(
+    db: Database,
+    config: SinkConfig,
+    updates: Receiver<Update>,
+    stats: &SinkStats,
+) -> anyhow::Result<()> {
     let mut client: Option<Client> = None;
     let mut pending: BTreeMap<Time, Vec<Change>> = BTreeMap::new();
     let mut frontier: Option<Option<Time>> = None;
@@ -111,6 +126,7 @@ pub fn run(db: Database, config: SinkConfig, updates: Receiver<Update>) -> anyho
         }
         let batch = consolidate(changes, upto, &config);
         loop {
+            let started = Instant::now();
             let result = match client.as_mut() {
                 Some(c) => write(c, &config, &batch),
                 None => db
@@ -123,6 +139,9 @@ pub fn run(db: Database, config: SinkConfig, updates: Receiver<Update>) -> anyho
             match result {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    let micros = started.elapsed().as_micros() as u64;
+                    stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
                     break;
                 }
                 Err(e) if !is_transient(&e) => {
@@ -132,6 +151,7 @@ pub fn run(db: Database, config: SinkConfig, updates: Receiver<Update>) -> anyho
                     std::process::exit(2);
                 }
                 Err(e) => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
                     log::warn!("sink: {e:#}; retrying in {backoff:?}");
                     client = None;
                     std::thread::sleep(backoff);

@@ -186,6 +186,44 @@ pub fn render(state: &State) -> String {
         one(state.acks.acknowledged_total()),
     );
 
+    if let Some(sink) = &state.sink {
+        family(
+            &mut out,
+            "streampulse_sink_commits_total",
+            "counter",
+            "PostgreSQL transactions committed by the sink.",
+            one(sink.commits.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "streampulse_sink_commit_seconds_total",
+            "counter",
+            "Time spent in committed sink transactions (divide by commits for the mean latency).",
+            one(sink.commit_micros.load(Ordering::Relaxed) as f64 / 1e6),
+        );
+        family(
+            &mut out,
+            "streampulse_sink_retries_total",
+            "counter",
+            "Sink transactions retried after a transient database error.",
+            one(sink.retries.load(Ordering::Relaxed)),
+        );
+    }
+    if let Some(highs) = &state.high_watermarks {
+        let positions = state.view.read().expect("view lock").positions().clone();
+        let highs = highs.lock().expect("lag lock").clone();
+        family(
+            &mut out,
+            "streampulse_kafka_lag_records",
+            "gauge",
+            "Records in each partition not yet read by the dataflow (high watermark minus position).",
+            highs.into_iter().map(|(partition, high)| {
+                let read = positions.get(&partition).copied().unwrap_or(0);
+                (format!("{{partition=\"{partition}\"}}"), (high - read).max(0))
+            }),
+        );
+    }
+
     let routes = state.http.routes.lock().expect("metrics lock");
     family(
         &mut out,
