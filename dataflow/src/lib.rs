@@ -1,12 +1,15 @@
 //! The timely/differential computation at the heart of StreamPulse.
 //!
 //! ```text
-//!  Records ─▶ Batcher ─────────────▶ build() dataflow ─────────────────▶ Update ─▶ View
+//!  Records ─▶ Batcher ─────────────▶ build() dataflow ─────────────────▶ Update ─▶ View, sink
 //!   (partition,  lateness per        stats: (Window, Key) with an            (stat deltas,
 //!    offset,     partition, then     Aggregate as the diff                    derived rows,
-//!    event)      pre-combined sums   derived: top-K, unique content,          frontier)
-//!                one time per batch  alerts, as ±1 rows
+//!    event)      pre-combined sums   derived: top-K, unique content,          side records,
+//!                one time per batch  alerts, as ±1 rows                       frontier)
+//!                                    side: positions, dead letters, samples
 //! ```
+//!
+//! State restored from PostgreSQL enters at time 0 ([`RESTORE_TIME`]); new data start after it.
 //!
 //! - [`window`] owns time: [`Window`], the watermark encoded as the timely time, [`Clock`] (per-partition
 //!   lateness, idleness and the watermark).
