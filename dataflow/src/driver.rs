@@ -93,6 +93,7 @@ pub fn run_worker(
     output: Option<&Sender<Update>>,
     stop: &AtomicBool,
     counters: &Counters,
+    marks: &Marks,
 ) {
     let dataflow = build(worker, config);
     let probe = dataflow.probe;
@@ -191,6 +192,19 @@ pub fn run_worker(
             if let Some(watermark) = clock.watermark(now) {
                 next = next.max(time_of(watermark));
             }
+            // A worker whose partitions are all idle must not hold the watermark back: it follows
+            // the other workers of this process (across processes it still waits; see README).
+            let mark = if clock.all_idle(now) {
+                Mark::Idle
+            } else {
+                clock.watermark(now).map_or(Mark::Unknown, Mark::At)
+            };
+            marks.publish(worker.index(), mark);
+            if mark == Mark::Idle {
+                if let Some(watermark) = marks.min_active() {
+                    next = next.max(time_of(watermark));
+                }
+            }
             if next == *input.time() && unflushed && poll != Poll::Ready {
                 // Nothing more to read and the watermark stands still: step to the next tick so the
                 // batch just fed completes, without claiming a later watermark.
@@ -269,6 +283,42 @@ pub fn run_worker(
         .fetch_sub(ledger_windows, Ordering::Relaxed);
 }
 
+/// What a worker says about its watermark to the other workers of its process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// Some partition is active but has not delivered data yet: nothing can be claimed.
+    Unknown,
+    /// The worker's watermark.
+    At(i64),
+    /// Every partition of the worker is idle.
+    Idle,
+}
+
+/// The latest [`Mark`] of each worker in this process.
+#[derive(Debug, Default)]
+pub struct Marks(std::sync::Mutex<BTreeMap<usize, Mark>>);
+
+impl Marks {
+    pub fn publish(&self, worker: usize, mark: Mark) {
+        self.0.lock().expect("marks lock").insert(worker, mark);
+    }
+
+    /// The lowest watermark of the workers that are not idle; `None` if any of them cannot say yet,
+    /// or if all are idle.
+    pub fn min_active(&self) -> Option<i64> {
+        let marks = self.0.lock().expect("marks lock");
+        let mut min: Option<i64> = None;
+        for mark in marks.values() {
+            match *mark {
+                Mark::Unknown => return None,
+                Mark::At(w) => min = Some(min.map_or(w, |m| m.min(w))),
+                Mark::Idle => {}
+            }
+        }
+        min
+    }
+}
+
 /// The resume position of every partition touched by a batch: one past its last offset.
 fn positions(records: &[Record], dead: &[DeadLetter]) -> BTreeMap<u32, i64> {
     let mut next = BTreeMap::new();
@@ -314,6 +364,7 @@ where
     F: Fn(usize, usize) -> Box<dyn Source> + Send + Sync + 'static,
 {
     config.validate()?;
+    let marks = Arc::new(Marks::default());
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
@@ -328,6 +379,7 @@ where
             output,
             &stop,
             &counters,
+            &marks,
         );
     })?;
     for result in guards.join() {

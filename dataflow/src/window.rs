@@ -136,6 +136,15 @@ impl Clock {
         }
     }
 
+    /// Whether every partition (and there is at least one) has been silent past the idle timeout.
+    pub fn all_idle(&self, now: Instant) -> bool {
+        !self.partitions.is_empty()
+            && self
+                .partitions
+                .values()
+                .all(|c| now.duration_since(c.last_seen).as_millis() as u64 >= self.idle_timeout_ms)
+    }
+
     /// The minimum over active partitions of (newest timestamp − lateness), or `None` when no active
     /// partition has delivered data yet. Idle partitions do not hold it back.
     pub fn watermark(&self, now: Instant) -> Option<i64> {

@@ -50,6 +50,11 @@ impl Server {
             ])
             .args(["--status-interval", "3600"])
             .args(extra)
+            // Every flag also reads STREAMPULSE_*; .ci/test exports the services' addresses, which
+            // must not configure a run that is meant to have no PostgreSQL.
+            .env_remove("STREAMPULSE_POSTGRES")
+            .env_remove("STREAMPULSE_ACK_TOKEN")
+            .env_remove("STREAMPULSE_PG_SCHEMA")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -197,10 +197,10 @@ fn wait_caught_up(schema: &str, topic: &str, child: &mut Child, timeout: Duratio
             std::thread::sleep(Duration::from_millis(500));
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "not caught up after {timeout:?}: {done:?} of {highs:?}"
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill(); // do not leave the pipeline running behind a failed test
+            panic!("not caught up after {timeout:?}: {done:?} of {highs:?}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -664,4 +664,78 @@ fn assert_tables_match_oracle_counts(schema: &str, records: &[Record]) {
     assert_eq!(total, records.len() as i64);
     let expected = recompute(records, &Config::default());
     assert_eq!(stored, expected.stats);
+}
+
+/// A worker whose only partition never receives data must not stall the others: after the idle
+/// timeout it follows their watermark, and everything is committed.
+#[test]
+fn an_empty_partition_does_not_stall_the_pipeline() {
+    let topic = unique("idle");
+    let status = Command::new(BIN)
+        .args([
+            "generate",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+            "--partitions",
+            "2",
+            "--count",
+            "0",
+        ])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Two partitions, all data in partition 0; with two workers, worker 1 reads only the empty one.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let generator =
+        streampulse_ingest::Generator::new(3, streampulse_ingest::Scenario::Clean, START_MS, 100.0);
+    let encoder = streampulse_ingest::Encoder::new();
+    for i in 0..5_000 {
+        let bytes = encoder.encode(&generator.event(i));
+        loop {
+            match producer.send(BaseRecord::to(&topic).key("k").payload(&bytes).partition(0)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let schema = unique("idle");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--source",
+            "kafka",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+        ])
+        .args([
+            "--postgres",
+            &postgres_url(),
+            "--pg-schema",
+            &schema,
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(["-w", "2", "--idle-timeout", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(60));
+    stop(child);
+    let (records, _) = read_topic(&topic, decode_avro);
+    assert_tables_match_oracle_counts(&schema, &records);
+    pg().batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
 }
