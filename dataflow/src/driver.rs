@@ -189,7 +189,8 @@ pub fn run_worker(
                 unflushed = true;
             }
             let mut next = *input.time();
-            if let Some(watermark) = clock.watermark(now) {
+            let watermark = clock.watermark(now);
+            if let Some(watermark) = watermark {
                 next = next.max(time_of(watermark));
             }
             // A worker whose partitions are all idle must not hold the watermark back: it follows
@@ -197,7 +198,7 @@ pub fn run_worker(
             let mark = if clock.all_idle(now) {
                 Mark::Idle
             } else {
-                clock.watermark(now).map_or(Mark::Unknown, Mark::At)
+                watermark.map_or(Mark::Unknown, Mark::At)
             };
             marks.publish(worker.index(), mark);
             if mark == Mark::Idle {

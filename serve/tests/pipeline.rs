@@ -78,11 +78,14 @@ fn generate(topic: &str, count: u64, scenario: &str, extra: &[&str]) {
     assert!(status.success(), "generate failed");
 }
 
+/// No partition goes idle during these runs: the final watermark is then a function of the topic.
+const NEVER_IDLE: &str = "3600";
+
 fn start(topic: &str, schema: &str, extra: &[&str]) -> Child {
-    start_with(&postgres_url(), topic, schema, extra)
+    start_with(&postgres_url(), topic, schema, NEVER_IDLE, extra)
 }
 
-fn start_with(url: &str, topic: &str, schema: &str, extra: &[&str]) -> Child {
+fn start_with(url: &str, topic: &str, schema: &str, idle_timeout: &str, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args([
             "run",
@@ -101,8 +104,7 @@ fn start_with(url: &str, topic: &str, schema: &str, extra: &[&str]) -> Child {
             "--http",
             "127.0.0.1:0",
         ])
-        // No partition goes idle during a test: the final watermark is then a function of the topic.
-        .args(["--idle-timeout", "3600"])
+        .args(["--idle-timeout", idle_timeout])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -605,7 +607,7 @@ fn confluent_framing_with_mixed_schemas_and_poison_records() {
     let schema = unique("confluent");
     let tls_url = format!("{}?sslmode=require", postgres_url());
     let args = ["--format", "confluent", "--registry", &registry_url];
-    let mut child = start_with(&tls_url, &topic, &schema, &args);
+    let mut child = start_with(&tls_url, &topic, &schema, NEVER_IDLE, &args);
     wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(120));
     let encrypted: i64 = pg()
         .query_one(
@@ -709,29 +711,7 @@ fn an_empty_partition_does_not_stall_the_pipeline() {
     producer.flush(Duration::from_secs(10)).unwrap();
 
     let schema = unique("idle");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--source",
-            "kafka",
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &topic,
-        ])
-        .args([
-            "--postgres",
-            &postgres_url(),
-            "--pg-schema",
-            &schema,
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(["-w", "2", "--idle-timeout", "2"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start_with(&postgres_url(), &topic, &schema, "2", &["-w", "2"]);
     wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(60));
     stop(child);
     let (records, _) = read_topic(&topic, decode_avro);
