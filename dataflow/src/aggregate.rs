@@ -3,6 +3,12 @@
 //!
 //! Every measure is an integer sum, so consolidation adds them exactly and in any order: the result is
 //! the same for one worker, many workers, or a restart. Averages and rates are derived when read.
+//!
+//! The sums cannot overflow: every event that reaches them lies in the domain of
+//! `streampulse_ingest::validate`, whose bounds let a row hold at least
+//! [`ROW_CAPACITY`](streampulse_ingest::validate::ROW_CAPACITY) events (about 9.2 × 10^11) even when
+//! each is at the maximum; a window lasts at most a day, so a row would need more than 10 million
+//! events per second into one key for a whole day. The test `sums_at_the_bounds_stay_exact` checks it.
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
@@ -178,6 +184,35 @@ mod tests {
         );
         total.plus_equals(&total.negated());
         assert!(total.is_zero());
+    }
+
+    #[test]
+    fn sums_at_the_bounds_stay_exact() {
+        use streampulse_ingest::validate::{
+            self, MAX_DURATION_S, MAX_SIZE_MB, MAX_SPEED_MBPS, ROW_CAPACITY,
+        };
+        let mut e = Generator::new(5, Scenario::Clean, 1_700_000_000_000, 100.0).event(0);
+        e.download.status = "success".into();
+        e.download.error_code = None;
+        e.content.size_mb = MAX_SIZE_MB;
+        e.download.duration_seconds = MAX_DURATION_S;
+        e.download.speed_mbps = MAX_SPEED_MBPS;
+        validate::check(&e).expect("the bounds are inside the domain");
+        let one = Aggregate::of(&e);
+        // Every column of a full row fits: the largest per-event addend times the capacity.
+        for column in [one.downloads, one.size_mb, one.duration_s, one.speed_milli] {
+            assert!(column.checked_mul(ROW_CAPACITY).is_some(), "{column}");
+        }
+        // And adding events at the bounds one by one is exact (compared with i128 arithmetic),
+        // far beyond where i32 sizes or f32 speeds would have lost or wrapped.
+        let mut sum = Aggregate::default();
+        let n = 1_000_000i128;
+        for _ in 0..n {
+            sum.plus_equals(&one);
+        }
+        assert_eq!(sum.speed_milli as i128, n * MAX_SPEED_MBPS as i128 * 1000);
+        assert_eq!(sum.size_mb as i128, n * MAX_SIZE_MB as i128);
+        assert!(sum.avg_speed_mbps() == MAX_SPEED_MBPS as f64);
     }
 
     #[test]

@@ -21,12 +21,17 @@ use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::Exchange;
+use std::collections::BTreeMap;
+
+use timely::dataflow::operators::vec::{Broadcast, Input as _};
+use timely::dataflow::operators::{Exchange, Inspect};
+use timely::dataflow::InputHandleVec;
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::config::Config;
+use crate::driver::Mark;
 use crate::rules::{Alert, Rule, Severity};
 use crate::window::{Time, Window};
 use streampulse_ingest::DeadLetter;
@@ -72,6 +77,9 @@ pub enum Side {
     },
     /// An undecodable record.
     DeadLetter(DeadLetter),
+    /// Sums for a window already retracted from memory (past retention; only a partition that was
+    /// idle can deliver them): the sink adds them to the stored row.
+    Stat { row: WindowKey, agg: Aggregate },
     /// A sampled raw event, for debugging (the `event_log` table).
     Sample(Sample),
 }
@@ -105,8 +113,8 @@ pub enum Change {
         time: Time,
         diff: isize,
     },
-    /// A side record arrived (side records are only ever added).
-    Side { row: Side, time: Time },
+    /// A side record arrived `diff` times (side records are only ever added).
+    Side { row: Side, time: Time, diff: isize },
 }
 
 /// The handles a driver needs: where to feed, how far the output is, and what came out.
@@ -116,6 +124,26 @@ pub struct Dataflow {
     pub probe: ProbeHandle<Time>,
     /// Changes that reached this worker's output (only worker 0 receives any).
     pub output: Rc<RefCell<Vec<Change>>>,
+}
+
+/// Builds the small dataflow through which workers tell each other their [`Mark`]s: every mark
+/// sent by any worker of the cluster reaches every worker's map (the latest per worker wins).
+pub fn build_marks(
+    worker: &mut Worker,
+) -> (
+    InputHandleVec<u64, Mark>,
+    Rc<RefCell<BTreeMap<usize, Mark>>>,
+) {
+    let seen = Rc::new(RefCell::new(BTreeMap::new()));
+    let shared = seen.clone();
+    let input = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, marks) = scope.new_input::<Mark>();
+        marks.broadcast().inspect(move |mark: &Mark| {
+            shared.borrow_mut().insert(mark.worker, *mark);
+        });
+        input
+    });
+    (input, seen)
 }
 
 /// Builds the computation of SPEC §4–§5 in `worker`.
@@ -263,10 +291,11 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             .as_collection()
             .inspect_batch(move |_, updates| {
                 let mut sink = sink.borrow_mut();
-                for (row, time, _) in updates {
+                for (row, time, diff) in updates {
                     sink.push(Change::Side {
                         row: row.clone(),
                         time: *time,
+                        diff: *diff,
                     });
                 }
             })

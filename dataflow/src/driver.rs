@@ -10,6 +10,17 @@
 //! Restored state (from PostgreSQL) enters once, at time 0, before any new data.
 //!
 //! One input time per batch keeps differential's work proportional to touched rows, not to events.
+//!
+//! Idleness. A worker whose partitions are all silent past the idle timeout must not hold the
+//! frontier back, yet it keeps an input capability (its partitions may speak again). Every worker
+//! broadcasts a [`Mark`] (its input time, and whether it is idle) to every worker of the cluster, in
+//! this process or another, through a small timely dataflow of its own; an idle worker advances its
+//! input to the lowest time of the active ones, so the frontier is theirs alone. When its partitions
+//! speak again, their records are fed at its current time: on time by the per-partition rule, they
+//! are applied, even to windows the frontier has already passed (those windows are *revised*; see
+//! [`crate::view`] and the sink). Idleness thus changes when results appear, never what they are.
+//! Records for windows already retracted from memory (past `--retain`) go to the sink as side
+//! records ([`Side::Stat`]) instead, so the stored sums still count them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +34,7 @@ use timely::worker::Worker;
 
 use crate::aggregate::{Aggregate, WindowKey};
 use crate::batch::{combine, Ledger};
-use crate::build::{build, Change, Sample, Side};
+use crate::build::{build, build_marks, Change, Sample, Side};
 use crate::config::Config;
 use crate::window::{time_of, watermark_of, Clock, Time, TICKS_PER_MS};
 
@@ -93,9 +104,12 @@ pub fn run_worker(
     output: Option<&Sender<Update>>,
     stop: &AtomicBool,
     counters: &Counters,
-    marks: &Marks,
 ) {
     let dataflow = build(worker, config);
+    let (marks_input, marks) = build_marks(worker);
+    let mut marks_input = Some(marks_input);
+    let mut round = 0u64;
+    let mut last_mark: Option<Mark> = None;
     let probe = dataflow.probe;
     let buffer = dataflow.output;
     let mut inputs = Some((dataflow.input, dataflow.side));
@@ -162,7 +176,16 @@ pub fn run_worker(
                     .dead_letters
                     .fetch_add(dead.len() as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
+                // Windows already retracted from memory (past retention) are not fed again: their
+                // sums go straight to the sink.
+                let horizon = probe
+                    .with_frontier(|f| f.first().copied())
+                    .map(|frontier| watermark_of(frontier) - config.retain_ms);
                 for (row, agg) in updates.drain(..) {
+                    if horizon.is_some_and(|h| row.window.end(config.window_ms) <= h) {
+                        side.update(Side::Stat { row, agg }, 1);
+                        continue;
+                    }
                     ledger.add(&row, &agg);
                     input.update(row, agg);
                 }
@@ -193,23 +216,20 @@ pub fn run_worker(
             if let Some(watermark) = watermark {
                 next = next.max(time_of(watermark));
             }
-            // A worker whose partitions are all idle must not hold the watermark back: it follows
-            // the other workers of this process (across processes it still waits; see README).
-            let mark = if clock.all_idle(now) {
-                Mark::Idle
-            } else {
-                watermark.map_or(Mark::Unknown, Mark::At)
-            };
-            marks.publish(worker.index(), mark);
-            if mark == Mark::Idle {
-                if let Some(watermark) = marks.min_active() {
-                    next = next.max(time_of(watermark));
+            // An idle worker follows the active workers of the whole cluster (see the module docs).
+            let idle = clock.all_idle(now);
+            if idle {
+                if let Some(lowest) = lowest_active(&marks.borrow(), worker.index()) {
+                    next = next.max(lowest);
                 }
             }
             if next == *input.time() && unflushed && poll != Poll::Ready {
                 // Nothing more to read and the watermark stands still: step to the next tick so the
-                // batch just fed completes, without claiming a later watermark.
-                if (next + 1) % TICKS_PER_MS != 0 {
+                // batch just fed completes. Within a millisecond of the worker's own watermark
+                // this claims no later watermark; a worker that runs ahead of its own watermark
+                // (it followed others while idle) already claims more, and ticks on freely.
+                let ahead = watermark.is_none_or(|w| time_of(w) < next);
+                if ahead || (next + 1) % TICKS_PER_MS != 0 {
                     next += 1;
                 }
             }
@@ -217,6 +237,17 @@ pub fn run_worker(
                 input.advance_to(next);
                 side.advance_to(next);
                 unflushed = false;
+            }
+            let mark = Mark {
+                worker: worker.index(),
+                time: next,
+                idle,
+            };
+            if let Some(handle) = marks_input.as_mut().filter(|_| last_mark != Some(mark)) {
+                last_mark = Some(mark);
+                handle.send(mark);
+                round += 1;
+                handle.advance_to(round);
             }
             // The frontier is the global watermark: windows that ended `retain` before it go.
             if let Some(frontier) = probe.with_frontier(|f| f.first().copied()) {
@@ -235,6 +266,16 @@ pub fn run_worker(
         }
         if poll == Poll::Done || stop.load(Ordering::Relaxed) {
             inputs = None; // dropping the sessions closes this worker's inputs
+        }
+        if inputs.is_none() {
+            if let Some(mut handle) = marks_input.take() {
+                // A closed input holds nothing back: nobody should follow this worker any more.
+                handle.send(Mark {
+                    worker: worker.index(),
+                    time: Time::MAX,
+                    idle: true,
+                });
+            }
         }
 
         // Backpressure: let the previous batch clear before feeding the next, within a bound, so
@@ -284,40 +325,22 @@ pub fn run_worker(
         .fetch_sub(ledger_windows, Ordering::Relaxed);
 }
 
-/// What a worker says about its watermark to the other workers of its process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mark {
-    /// Some partition is active but has not delivered data yet: nothing can be claimed.
-    Unknown,
-    /// The worker's watermark.
-    At(i64),
-    /// Every partition of the worker is idle.
-    Idle,
+/// What a worker tells every worker of the cluster: the time its input stands at, and whether all
+/// its partitions are idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mark {
+    pub worker: usize,
+    pub time: Time,
+    pub idle: bool,
 }
 
-/// The latest [`Mark`] of each worker in this process.
-#[derive(Debug, Default)]
-pub struct Marks(std::sync::Mutex<BTreeMap<usize, Mark>>);
-
-impl Marks {
-    pub fn publish(&self, worker: usize, mark: Mark) {
-        self.0.lock().expect("marks lock").insert(worker, mark);
-    }
-
-    /// The lowest watermark of the workers that are not idle; `None` if any of them cannot say yet,
-    /// or if all are idle.
-    pub fn min_active(&self) -> Option<i64> {
-        let marks = self.0.lock().expect("marks lock");
-        let mut min: Option<i64> = None;
-        for mark in marks.values() {
-            match *mark {
-                Mark::Unknown => return None,
-                Mark::At(w) => min = Some(min.map_or(w, |m| m.min(w))),
-                Mark::Idle => {}
-            }
-        }
-        min
-    }
+/// The lowest input time among the workers other than `me` that are not idle, if any.
+fn lowest_active(marks: &BTreeMap<usize, Mark>, me: usize) -> Option<Time> {
+    marks
+        .values()
+        .filter(|m| m.worker != me && !m.idle)
+        .map(|m| m.time)
+        .min()
 }
 
 /// The resume position of every partition touched by a batch: one past its last offset.
@@ -365,7 +388,6 @@ where
     F: Fn(usize, usize) -> Box<dyn Source> + Send + Sync + 'static,
 {
     config.validate()?;
-    let marks = Arc::new(Marks::default());
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
@@ -380,7 +402,6 @@ where
             output,
             &stop,
             &counters,
-            &marks,
         );
     })?;
     for result in guards.join() {

@@ -143,8 +143,8 @@ impl Rules {
         if !unit(self.error_rate) || !unit(self.critical_success_rate) || !unit(self.cdn_share) {
             return Err("alert rates must lie between 0 and 1".into());
         }
-        if self.sustained_windows == 0 {
-            return Err("sustained windows must be at least 1".into());
+        if !(1..=60).contains(&self.sustained_windows) {
+            return Err("sustained windows must be between 1 and 60".into());
         }
         if self.slow_mbps < 0.0 {
             return Err("slow threshold must not be negative".into());

@@ -2,7 +2,9 @@
 //! The API reads it; nothing here talks HTTP.
 //!
 //! Stat deltas are added and derived rows counted, so changes can be applied in any order and the
-//! result is the same: the view is exactly the accumulation of the output.
+//! result is the same: the view is exactly the accumulation of the output. A window stays final
+//! once the frontier has passed it; if an idle partition later delivers on-time events for it, the
+//! window is *revised*: its sums change and it says so ([`WindowState::revised`]).
 
 use std::collections::BTreeMap;
 
@@ -13,13 +15,15 @@ use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::build::{Change, Derived, Side};
 use crate::driver::Update;
 use crate::rules::Alert;
-use crate::window::{Time, Window};
+use crate::window::{watermark_of, Time, Window, RESTORE_TIME};
 
 /// One window's rows.
 #[derive(Clone, Debug, Default)]
 pub struct WindowState {
     pub stats: FxHashMap<Key, Aggregate>,
     pub derived: BTreeMap<Derived, isize>,
+    /// Whether events changed the window after the frontier had passed it (see [`is_revision`]).
+    pub revised: bool,
 }
 
 impl WindowState {
@@ -75,6 +79,17 @@ impl WindowState {
     }
 }
 
+/// Whether a stat change revises a window already reported final: events (not late counts, not
+/// restored state, not a retraction that frees memory) applied at a time the frontier had already
+/// passed the window's end. Only a partition that was idle and then speaks again can cause one:
+/// any other on-time event lies at or after the watermark it is fed at.
+pub fn is_revision(row: &WindowKey, delta: &Aggregate, time: Time, window_ms: i64) -> bool {
+    time != RESTORE_TIME
+        && delta.downloads > 0
+        && !matches!(row.key, Key::Late { .. })
+        && watermark_of(time) >= row.window.end(window_ms)
+}
+
 /// All windows in memory, and how far the output is complete.
 #[derive(Clone, Debug)]
 pub struct View {
@@ -100,8 +115,10 @@ impl View {
     pub fn apply(&mut self, update: Update) {
         for change in update.changes {
             match change {
-                Change::Stat { row, delta, .. } => {
+                Change::Stat { row, delta, time } => {
+                    let revision = is_revision(&row, &delta, time, self.window_ms);
                     let state = self.windows.entry(row.window).or_default();
+                    state.revised |= revision;
                     let sum = state.stats.entry(row.key.clone()).or_default();
                     sum.plus_equals(&delta);
                     if sum.is_zero() {
@@ -136,6 +153,11 @@ impl View {
         }
         self.frontier = update.frontier;
         self.updates += 1;
+    }
+
+    /// Whether the window was changed after it had been reported final.
+    pub fn is_revised(&self, window: Window) -> bool {
+        self.windows.get(&window).is_some_and(|w| w.revised)
     }
 
     fn drop_if_empty(&mut self, window: Window) {

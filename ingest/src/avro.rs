@@ -15,7 +15,8 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use thiserror::Error;
 
-use crate::event::{Event, Outcome};
+use crate::event::Event;
+use crate::validate::{self, Invalid};
 
 /// The text of `schemas/event.avsc`, the schema every producer writes and every reader resolves to.
 pub const EVENT_SCHEMA_V1: &str = include_str!("../../schemas/event.avsc");
@@ -47,8 +48,9 @@ pub enum DecodeError {
     Avro(String),
     #[error("{0} bytes left over after the datum (truncated or concatenated record?)")]
     TrailingBytes(usize),
-    #[error("invalid field {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    /// Decoded, but outside the domain of a valid event (see [`crate::validate`]).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 /// Decodes bare Avro datums written with `schemas/event.avsc`.
@@ -64,7 +66,8 @@ impl Decoder {
         Decoder { reader }
     }
 
-    /// Decodes one datum. The whole slice must be consumed, and the event must make sense.
+    /// Decodes one datum. The whole slice must be consumed, and the event must lie in the domain of
+    /// [`validate::check`].
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.is_empty() {
             return Err(DecodeError::Empty);
@@ -77,7 +80,7 @@ impl Decoder {
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        validate(&event)?;
+        validate::check(&event)?;
         Ok(event)
     }
 }
@@ -86,42 +89,6 @@ impl Default for Decoder {
     fn default() -> Self {
         Decoder::new()
     }
-}
-
-/// Checks the invariants the schema cannot express; a record that breaks one is a dead letter.
-pub fn validate(event: &Event) -> Result<(), DecodeError> {
-    if event.outcome().is_none() {
-        return Err(DecodeError::Invalid {
-            field: "download.status",
-            reason: format!(
-                "{:?} is not success, failed or cancelled",
-                event.download.status
-            ),
-        });
-    }
-    if event.timestamp < 0 {
-        return Err(DecodeError::Invalid {
-            field: "timestamp",
-            reason: format!("{} is before the Unix epoch", event.timestamp),
-        });
-    }
-    if !event.download.speed_mbps.is_finite() || event.download.speed_mbps < 0.0 {
-        return Err(DecodeError::Invalid {
-            field: "download.speed_mbps",
-            reason: format!(
-                "{} is not a finite non-negative number",
-                event.download.speed_mbps
-            ),
-        });
-    }
-    if event.download.duration_seconds < 0 || event.content.size_mb < 0 {
-        return Err(DecodeError::Invalid {
-            field: "download.duration_seconds/content.size_mb",
-            reason: "negative".to_string(),
-        });
-    }
-    debug_assert!(Outcome::parse(&event.download.status).is_some());
-    Ok(())
 }
 
 /// Encodes events as bare Avro datums of `schemas/event.avsc`.
@@ -171,7 +138,7 @@ mod tests {
     fn errors_say_what_is_wrong() {
         let encoder = Encoder::new();
         let decoder = Decoder::new();
-        let event = Generator::new(1, Scenario::Clean, 0, 10.0).event(3);
+        let event = Generator::new(1, Scenario::Clean, 1_700_000_000_000, 10.0).event(3);
         let bytes = encoder.encode(&event);
 
         assert_eq!(decoder.decode(&[]), Err(DecodeError::Empty));
@@ -193,7 +160,7 @@ mod tests {
     fn v2_schema_is_a_compatible_evolution() {
         // A v1 datum read with v2 as reader schema gets the defaults; both schemas parse.
         let encoder = Encoder::new();
-        let event = Generator::new(1, Scenario::Clean, 0, 10.0).event(0);
+        let event = Generator::new(1, Scenario::Clean, 1_700_000_000_000, 10.0).event(0);
         let bytes = encoder.encode(&event);
         let reader = GenericDatumReader::builder(schema_v1())
             .reader_schema(schema_v2())

@@ -28,9 +28,7 @@ use apache_avro::Schema;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::avro::{
-    schema_v1, schema_v2, validate, DecodeError, Decoder, EVENT_SCHEMA_V1, EVENT_SCHEMA_V2,
-};
+use crate::avro::{schema_v1, schema_v2, DecodeError, Decoder, EVENT_SCHEMA_V1, EVENT_SCHEMA_V2};
 use crate::event::{Content, Event, Outcome, UserContext};
 
 /// The first byte of every Confluent-framed value.
@@ -74,7 +72,7 @@ pub enum ConfluentError {
     #[error("writer schema {id} cannot be resolved against the reader schema (schemas/event.avsc): {reason}")]
     Incompatible { id: u32, reason: String },
     /// The header and writer schema are fine but the datum is not (truncated, garbage, trailing
-    /// bytes, or an event that fails [`validate`]).
+    /// bytes, or an event outside [`crate::validate`]'s domain).
     #[error("datum written with schema {id}: {error}")]
     Datum { id: u32, error: DecodeError },
 }
@@ -570,7 +568,7 @@ fn decode_resolving(
     }
     let event: Event =
         apache_avro::from_value(&value).map_err(|e| DecodeError::Avro(e.to_string()))?;
-    validate(&event)?;
+    crate::validate::check(&event)?;
     Ok(event)
 }
 
@@ -820,7 +818,8 @@ mod tests {
 
     #[test]
     fn v2_encoding_carries_the_new_fields() {
-        let event = crate::Generator::new(3, crate::Scenario::Clean, 0, 10.0).event(5);
+        let event =
+            crate::Generator::new(3, crate::Scenario::Clean, 1_700_000_000_000, 10.0).event(5);
         let bytes = ConfluentEncoder::new(9, SchemaVersion::V2).encode(&event);
         let (id, datum) = parse_frame(&bytes).unwrap();
         assert_eq!(id, 9);

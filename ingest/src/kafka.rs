@@ -47,6 +47,9 @@ pub struct KafkaConfig {
     /// Where a partition without stored progress starts: the first record at or after this time
     /// (ms since the epoch), or the beginning when `None`.
     pub start_at: Option<i64>,
+    /// An event more than this many ms ahead of its record's Kafka timestamp is a dead letter
+    /// (`--max-future`, see [`crate::validate::check_future`]).
+    pub max_future_ms: i64,
 }
 
 impl KafkaConfig {
@@ -133,6 +136,16 @@ impl KafkaConfig {
     }
 }
 
+/// Whether an error from [`KafkaConfig::partition_count`] means the broker answered and the topic
+/// does not exist (a misconfiguration), rather than that the broker could not be reached.
+pub fn is_missing_topic(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)
+            | KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic)
+    )
+}
+
 fn start_offset(config: &KafkaConfig) -> Offset {
     config.start_at.map_or(Offset::Beginning, Offset::Offset)
 }
@@ -179,8 +192,17 @@ pub struct KafkaSource {
     decoding: Decoding,
     /// A record whose decoding failed for a transient reason (the registry was unreachable): it is
     /// retried before anything else, so it is neither lost nor dead-lettered.
-    pending: Option<(u32, i64, Vec<u8>)>,
+    pending: Option<Pending>,
     retry_at: Instant,
+    max_future_ms: i64,
+}
+
+/// A record read but not yet decoded: where it was, its Kafka timestamp and its value.
+struct Pending {
+    partition: u32,
+    offset: i64,
+    timestamp: Option<i64>,
+    bytes: Vec<u8>,
 }
 
 impl KafkaSource {
@@ -231,31 +253,42 @@ impl KafkaSource {
             decoding,
             pending: None,
             retry_at: Instant::now(),
+            max_future_ms: config.max_future_ms,
         })
     }
 
-    /// Decodes one value into `out` or `dead`; returns false (keeping it pending) on a transient error.
+    /// Decodes one value and checks it against the domain ([`crate::validate`]) into `out` or
+    /// `dead`; returns false (keeping it pending) on a transient error.
     fn decode(
         &mut self,
-        partition: u32,
-        offset: i64,
-        bytes: &[u8],
+        record: Pending,
         out: &mut Vec<Record>,
         dead: &mut Vec<DeadLetter>,
     ) -> bool {
+        let Pending {
+            partition,
+            offset,
+            timestamp,
+            ..
+        } = record;
         let result = match &mut self.decoding {
-            Decoding::Avro(d) => d.decode(bytes).map_err(|e| e.to_string()),
-            Decoding::Confluent(d) => match d.decode(bytes) {
+            Decoding::Avro(d) => d.decode(&record.bytes).map_err(|e| e.to_string()),
+            Decoding::Confluent(d) => match d.decode(&record.bytes) {
                 Ok(event) => Ok(event),
                 Err(e) if e.is_retryable() => {
                     log::warn!("partition {partition} offset {offset}: {e}; retrying");
-                    self.pending = Some((partition, offset, bytes.to_vec()));
+                    self.pending = Some(record);
                     self.retry_at = Instant::now() + Duration::from_secs(1);
                     return false;
                 }
                 Err(e) => Err(e.to_string()),
             },
         };
+        let result = result.and_then(|event| {
+            crate::validate::check_future(&event, timestamp, self.max_future_ms)
+                .map(|()| event)
+                .map_err(|e| e.to_string())
+        });
         match result {
             Ok(event) => out.push(Record {
                 partition,
@@ -266,7 +299,7 @@ impl KafkaSource {
                 partition,
                 offset,
                 reason,
-                raw: bytes.to_vec(),
+                raw: record.bytes,
             }),
         }
         true
@@ -279,12 +312,12 @@ impl Source for KafkaSource {
     }
 
     fn poll(&mut self, out: &mut Vec<Record>, dead: &mut Vec<DeadLetter>, max: usize) -> Poll {
-        if let Some((partition, offset, bytes)) = self.pending.take() {
+        if let Some(record) = self.pending.take() {
             if Instant::now() < self.retry_at {
-                self.pending = Some((partition, offset, bytes));
+                self.pending = Some(record);
                 return Poll::Idle;
             }
-            if !self.decode(partition, offset, &bytes, out, dead) {
+            if !self.decode(record, out, dead) {
                 return Poll::Idle;
             }
         }
@@ -305,10 +338,14 @@ impl Source for KafkaSource {
                 Some(Ok(message)) => message,
             };
             taken += 1;
-            let (partition, offset) = (message.partition() as u32, message.offset());
-            let bytes = message.payload().unwrap_or(&[]).to_vec();
+            let record = Pending {
+                partition: message.partition() as u32,
+                offset: message.offset(),
+                timestamp: message.timestamp().to_millis(),
+                bytes: message.payload().unwrap_or(&[]).to_vec(),
+            };
             drop(message);
-            if !self.decode(partition, offset, &bytes, out, dead) {
+            if !self.decode(record, out, dead) {
                 break;
             }
         }
@@ -342,9 +379,13 @@ impl Producer {
         })
     }
 
-    /// Queues one record, waiting while librdkafka's queue is full.
-    pub fn send(&self, key: &str, value: &[u8]) -> Result<(), KafkaError> {
+    /// Queues one record stamped `timestamp` (ms since the epoch; `None`: the time of sending),
+    /// waiting while librdkafka's queue is full.
+    pub fn send(&self, key: &str, value: &[u8], timestamp: Option<i64>) -> Result<(), KafkaError> {
         let mut record = BaseRecord::to(&self.topic).key(key).payload(value);
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

@@ -8,6 +8,7 @@
 //! - [`confluent`] owns the Confluent wire framing and the Schema Registry client.
 //! - [`kafka`] owns the Kafka source (partitions assigned by number, offsets kept by the sink) and
 //!   the producer.
+//! - [`validate`] owns the domain of a valid event: the one check between decoding and the pipeline.
 //! - [`source`] owns the [`Source`] trait a worker polls for records, and the in-process sources.
 //!
 //! Nothing here knows about windows or aggregates: that is the `dataflow` crate's job.
@@ -18,6 +19,7 @@ pub mod event;
 pub mod generator;
 pub mod kafka;
 pub mod source;
+pub mod validate;
 
 pub use avro::{DecodeError, Decoder, Encoder};
 pub use event::{Content, DeadLetter, Download, Event, Outcome, Record, UserContext};

@@ -310,7 +310,7 @@ fn poison_records_say_what_is_wrong() {
             matches!(
                 e,
                 ConfluentError::Datum {
-                    error: DecodeError::Invalid { .. },
+                    error: DecodeError::Invalid(_),
                     ..
                 }
             )

@@ -58,6 +58,8 @@ pub struct State {
     pub sink: Option<Arc<crate::sink::SinkStats>>,
     /// The Kafka topic's high watermarks per partition, refreshed in the background.
     pub high_watermarks: Option<Arc<std::sync::Mutex<std::collections::BTreeMap<u32, i64>>>>,
+    /// The broker as the pipeline's probe last saw it (with a Kafka source).
+    pub kafka: Option<Arc<crate::health::Link>>,
 }
 
 impl State {
@@ -80,6 +82,7 @@ impl State {
             cache: cache::ResponseCache::default(),
             sink: None,
             high_watermarks: None,
+            kafka: None,
         }
     }
 }
@@ -267,13 +270,17 @@ async fn respond(state: &State, route: Route, req: Request<Incoming>) -> Result<
             )
         }
         Route::Health => {
+            let links = stats::Links {
+                database: state.sink.as_ref().map(|s| &s.database),
+                kafka: state.kafka.as_deref(),
+            };
             let body = {
                 let view = state.view.read().expect("view lock");
                 stats::health(
                     &view,
                     &state.counters,
                     state.started.elapsed().as_secs(),
-                    state.acks.database_status(),
+                    &links,
                 )
             };
             json_reply(StatusCode::OK, &body)

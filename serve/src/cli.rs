@@ -69,6 +69,10 @@ pub struct KafkaArgs {
     /// the epoch, e.g. `$(date -d '2 hours ago' +%s%3N)`) instead of the beginning: a replay from a time.
     #[arg(long, env = "STREAMPULSE_START_AT_MS")]
     pub start_at_ms: Option<i64>,
+    /// An event more than this many seconds ahead of its Kafka record's timestamp is a dead letter
+    /// (a bound on future timestamps that depends on the topic alone, not on the wall clock).
+    #[arg(long, env = "STREAMPULSE_MAX_FUTURE", default_value_t = 300)]
+    pub max_future: u64,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -101,6 +105,7 @@ impl KafkaArgs {
             format,
             options: self.kafka_options.clone(),
             start_at: self.start_at_ms,
+            max_future_ms: (self.max_future.min(u64::MAX / 2000) * 1000) as i64,
         })
     }
 }
@@ -125,7 +130,9 @@ pub struct GenerateArgs {
     /// Write this many events as fast as possible (default: run in real time until stopped).
     #[arg(long, env = "STREAMPULSE_COUNT")]
     pub count: Option<u64>,
-    /// Event time of the first event, in ms since the epoch (default: now).
+    /// Event time of the first event, in ms since the epoch (default: with --count, so that the
+    /// last event is stamped now; otherwise now). Events more than `run --max-future` ahead of
+    /// the time they are written become dead letters when read.
     #[arg(long, env = "STREAMPULSE_START_MS")]
     pub start_ms: Option<i64>,
     /// With --format confluent: share of events written with schema v2 (the rest v1).
@@ -160,6 +167,10 @@ pub struct RunArgs {
     /// Most events per second this process reads (e.g. to cap catch-up load on PostgreSQL).
     #[arg(long, env = "STREAMPULSE_MAX_RATE")]
     pub max_rate: Option<f64>,
+    /// Seconds a shutdown (SIGTERM, SIGINT) may spend committing what is complete; past them (the
+    /// database is away) the process exits non-zero, and the next start reads the rest again.
+    #[arg(long, env = "STREAMPULSE_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
     /// Seconds between status lines in the log.
     #[arg(long, env = "STREAMPULSE_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval: u64,
@@ -244,11 +255,13 @@ pub struct DataflowArgs {
 
 impl DataflowArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
+        // Saturating: an absurd value must reach `validate` and its clear message, not wrap.
+        let ms = |value: u64, unit: u64| value.saturating_mul(unit).min(i64::MAX as u64);
         let config = Config {
-            window_ms: self.window as i64 * 1000,
-            lateness_ms: self.lateness as i64 * 1000,
-            retain_ms: self.retain as i64 * 60_000,
-            idle_timeout_ms: self.idle_timeout * 1000,
+            window_ms: ms(self.window, 1000) as i64,
+            lateness_ms: ms(self.lateness, 1000) as i64,
+            retain_ms: ms(self.retain, 60_000) as i64,
+            idle_timeout_ms: ms(self.idle_timeout, 1000),
             top_k: self.top_k,
             rules: Rules {
                 error_rate: self.alert_error_rate,

@@ -1,9 +1,11 @@
 //! Connecting to PostgreSQL, and reading back what a previous run stored so this one can resume.
 //!
 //! `sslmode=require` in the URL encrypts the connection without verifying the server's certificate
-//! (libpq's meaning of `require`); `verify-full` verifies it against the system roots.
+//! (libpq's meaning of `require`); `verify-full` verifies it against the system roots. Every
+//! connection has a connect timeout, TCP keepalives and a statement timeout.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
@@ -13,6 +15,13 @@ use postgres_openssl::MakeTlsConnector;
 use streampulse_dataflow::{Aggregate, Key, Resume, Window, WindowKey};
 
 use crate::migrate::{check_schema_name, migrate};
+
+/// How long opening a connection may take (unless the URL sets `connect_timeout`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a statement may run before the server cancels it (a transient error: retried).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long sent data may stay unacknowledged before the connection counts as dead.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the tables live.
 #[derive(Clone)]
@@ -34,6 +43,19 @@ impl Database {
             // Lets operators (and the TLS test) find our sessions in pg_stat_activity.
             config.application_name("streampulse");
         }
+        // Nothing may wait on the database forever: a connect that gets no answer gives up after
+        // CONNECT_TIMEOUT, a silent peer is detected by keepalives and TCP_USER_TIMEOUT, and every
+        // statement is cancelled after STATEMENT_TIMEOUT (set per session in `connect`). Settings in
+        // the URL win.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         let verify = url.contains("sslmode=verify");
         Ok(Database {
             config,
@@ -67,7 +89,11 @@ impl Database {
             self.config.connect(tls)
         }
         .with_context(|| format!("connecting to {}", self.display()))?;
-        client.batch_execute(&format!("SET search_path TO {}", self.schema))?;
+        client.batch_execute(&format!(
+            "SET search_path TO {}; SET statement_timeout = {}",
+            self.schema,
+            STATEMENT_TIMEOUT.as_millis()
+        ))?;
         Ok(client)
     }
 

@@ -48,8 +48,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let producer = Producer::new(&kafka)?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    let start_ms = args.start_ms.unwrap_or(now_ms);
     let g = &args.generator;
+    // A backlog (`--count`) ends now by default: events stamped ahead of the time they are sent
+    // would be dead letters under `run --max-future`.
+    let span_ms = args
+        .count
+        .map_or(0, |n| (n as f64 * 1000.0 / g.rate) as i64);
+    let start_ms = args.start_ms.unwrap_or(now_ms - span_ms);
     let generator = Generator::new(g.seed, g.scenario, start_ms, g.rate);
     let mut pick = Rng::new(g.seed ^ 0x5EED);
     let encode = |event: &Event, pick: &mut Rng| match &encoding {
@@ -89,7 +94,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             }
         }
         let event = generator.event(i);
-        producer.send(&event.user_context.region, &encode(&event, &mut pick))?;
+        // The record keeps the producer's own timestamp (the time of sending): stamping it with
+        // an old event time would let the topic's retention delete it at once.
+        producer.send(&event.user_context.region, &encode(&event, &mut pick), None)?;
         i += 1;
         if last_report.elapsed() >= Duration::from_secs(2) {
             let rate = i as f64 / started.elapsed().as_secs_f64();

@@ -17,9 +17,11 @@ mod bench;
 mod cli;
 mod db;
 mod generate;
+mod health;
 mod http;
 mod migrate;
 mod pipeline;
+mod shutdown;
 mod sink;
 
 use clap::Parser;

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "003_roles_and_retention",
         include_str!("../../sql/003_roles_and_retention.sql"),
     ),
+    (
+        4,
+        "004_revisions",
+        include_str!("../../sql/004_revisions.sql"),
+    ),
 ];
 
 /// A schema name we are willing to splice into SQL (identifiers cannot be bound as parameters).

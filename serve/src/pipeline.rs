@@ -7,55 +7,53 @@
 //! ```
 //!
 //! Only the process with index 0 receives output (worker 0 collects it), so only it serves HTTP.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+//!
+//! Start-up serves the API first, then waits (with backoff) for the broker and the database,
+//! reporting them in `/health` meanwhile. A shutdown (the first SIGTERM or SIGINT, or a component
+//! that cannot go on) stops reading, lets the sink commit what is complete and exits 0; if that
+//! takes longer than `--shutdown-timeout` (the database is away) or a second signal comes, it exits
+//! non-zero without losing anything, since uncommitted offsets are read again on the next start.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use streampulse_dataflow::{execute, Counters, Limits, Resume, Update, View};
-use streampulse_ingest::kafka::{HighWatermarks, KafkaSource};
+use streampulse_ingest::kafka::{HighWatermarks, KafkaConfig, KafkaSource};
 use streampulse_ingest::{Generator, GeneratorSource, Pace, Source};
 
 use crate::api::State;
 use crate::cli::{RunArgs, SourceKind};
 use crate::db::{load_resume, Database};
-use crate::sink::{self, SinkConfig, SinkStats};
+use crate::health::Link;
+use crate::shutdown::Shutdown;
+use crate::sink::{self, Failure, SinkConfig, SinkError, SinkStats};
 
 /// Updates that may wait for the collector before the dataflow has to pause.
 const UPDATE_BUFFER: usize = 1024;
 /// Records fed as one batch in live mode: small, so the view stays fresh.
 const LIVE_BATCH: usize = 20_000;
 
+/// `streampulse run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.dataflow.config()?;
     let rules = config.rules.clone();
-    let timely_config = args.cluster.timely()?;
+    // Checked here so that a bad cluster flag fails before anything starts.
+    args.cluster.timely()?;
     let serves = args.cluster.process == 0;
+    let grace = Duration::from_secs(args.shutdown_timeout);
 
-    // Misconfiguration fails here, before anything starts: a bad URL, an unreachable database, a
-    // missing topic.
+    // Malformed settings fail here, before anything starts. Unreachable services do not: they are
+    // retried below while the API serves and /health says what is missing.
     let db = match &args.postgres.postgres {
         Some(url) => Some(Database::new(url, &args.postgres.pg_schema)?),
         None => None,
     };
-    let mut kafka_partitions = 0;
     let kafka = match args.source {
-        SourceKind::Kafka => {
-            let kafka = args.kafka.config()?;
-            let partitions = kafka
-                .partition_count(Duration::from_secs(30))
-                .with_context(|| format!("topic {} on {}", kafka.topic, kafka.brokers))?;
-            log::info!(
-                "kafka: topic {} with {partitions} partitions on {}",
-                kafka.topic,
-                kafka.brokers
-            );
-            kafka_partitions = partitions;
-            Some(kafka)
-        }
+        SourceKind::Kafka => Some(args.kafka.config()?),
         SourceKind::Generator => {
             anyhow::ensure!(args.generator.rate > 0.0, "--rate must be positive");
             anyhow::ensure!(
@@ -65,40 +63,262 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let (offsets, resume) = match (&db, &kafka) {
-        (Some(db), Some(kafka)) => {
-            let mut client = db.prepare()?;
-            let (offsets, resume) = load_resume(
-                &mut client,
-                &kafka.topic,
-                config.window_ms,
-                config.retain_ms,
-            )?;
-            log::info!(
-                "{}: resuming {} partitions, {} stored rows back in memory",
-                db.display(),
-                offsets.len(),
-                resume.rows.len()
-            );
-            (offsets, resume)
-        }
-        (Some(db), None) => {
-            db.prepare()?;
-            (BTreeMap::new(), Resume::default())
-        }
-        _ => (BTreeMap::new(), Resume::default()),
-    };
 
     let view = Arc::new(RwLock::new(View::new(config.window_ms)));
     let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    let shutdown = Arc::new(Shutdown::default());
+    let sink_stats = Arc::new(SinkStats::default());
+    let kafka_link = kafka.as_ref().map(|_| Arc::new(Link::default()));
+    let mut state = State::new(
+        view.clone(),
+        counters.clone(),
+        rules.clone(),
+        &args.api,
+        db.clone(),
+    );
+    state.sink = db.as_ref().filter(|_| serves).map(|_| sink_stats.clone());
+    state.kafka = kafka_link.clone();
+    let high_watermarks = kafka
+        .as_ref()
+        .filter(|_| serves)
+        .map(|_| Arc::new(std::sync::Mutex::new(BTreeMap::new())));
+    state.high_watermarks = high_watermarks.clone();
+    let state = Arc::new(state);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    let result = runtime.block_on(async {
+        tokio::spawn(watch_signals(shutdown.clone(), grace));
+        let server = if serves {
+            let listener = tokio::net::TcpListener::bind(args.http)
+                .await
+                .with_context(|| format!("binding the HTTP API to {}", args.http))?;
+            log::info!("API and dashboard on http://{}", listener.local_addr()?);
+            let stop = shutdown.clone();
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                state,
+                async move { stop.requested().await },
+            )))
+        } else {
+            log::info!(
+                "process {} computes; process 0 serves the API",
+                args.cluster.process
+            );
+            None
+        };
+        let status = tokio::spawn(status_line(
+            view.clone(),
+            counters.clone(),
+            args.status_interval,
+        ));
+
+        // Connecting, migrating and reading the stored progress may wait for the database or the
+        // broker; the API answers meanwhile.
+        let start = Start {
+            db: db.clone(),
+            kafka: kafka.clone(),
+            window_ms: config.window_ms,
+            retain_ms: config.retain_ms,
+            database: sink_stats.clone(),
+            kafka_link: kafka_link.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let prepared = tokio::task::spawn_blocking(move || start.prepare())
+            .await
+            .map_err(|_| anyhow::anyhow!("start-up panicked"))?;
+        let threads = match prepared {
+            Ok(Some(prepared)) => Some(start_threads(
+                &args,
+                config,
+                prepared,
+                Components {
+                    db,
+                    kafka,
+                    serves,
+                    view: view.clone(),
+                    counters: counters.clone(),
+                    sink_stats: sink_stats.clone(),
+                    kafka_link,
+                    high_watermarks,
+                    shutdown: shutdown.clone(),
+                },
+            )?),
+            Ok(None) => None, // shut down before the services answered
+            Err(e) => {
+                shutdown.fail(format!("{e:#}"));
+                None
+            }
+        };
+
+        shutdown.requested().await;
+        status.abort();
+        let finished = finish(threads, &shutdown, grace).await;
+        if let Some(server) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        }
+        finished
+    });
+    // Blocking tasks still running (a start-up attempt stuck on a connect) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result?;
+    match shutdown.failure() {
+        Some(failure) => Err(anyhow::anyhow!(failure)),
+        None => Ok(()),
+    }
+}
+
+/// What start-up needs in order to wait for the services.
+struct Start {
+    db: Option<Database>,
+    kafka: Option<KafkaConfig>,
+    window_ms: i64,
+    retain_ms: i64,
+    database: Arc<SinkStats>,
+    kafka_link: Option<Arc<Link>>,
+    shutdown: Arc<Shutdown>,
+}
+
+/// What start-up found: the topic's partitions, and where to resume.
+struct Prepared {
+    partitions: u32,
+    offsets: BTreeMap<u32, i64>,
+    resume: Resume,
+}
+
+impl Start {
+    /// Waits (with backoff) until the broker and the database answer, then reads the stored
+    /// progress. `None` when a shutdown came first; an error for what retrying cannot fix.
+    fn prepare(&self) -> anyhow::Result<Option<Prepared>> {
+        let mut backoff = Duration::from_millis(250);
+        let mut partitions = None;
+        loop {
+            if self.shutdown.is_requested() {
+                return Ok(None);
+            }
+            if let (Some(kafka), None) = (&self.kafka, partitions) {
+                match kafka.partition_count(Duration::from_secs(30)) {
+                    Ok(count) => {
+                        log::info!(
+                            "kafka: topic {} with {count} partitions on {}",
+                            kafka.topic,
+                            kafka.brokers
+                        );
+                        self.kafka_link.as_ref().map(|l| l.ok());
+                        partitions = Some(count);
+                    }
+                    Err(e) if streampulse_ingest::kafka::is_missing_topic(&e) => {
+                        anyhow::bail!("topic {} does not exist on {}", kafka.topic, kafka.brokers)
+                    }
+                    Err(e) => {
+                        let error = format!("Kafka at {}: {e}", kafka.brokers);
+                        log::warn!("{error}; retrying in {backoff:?}");
+                        self.kafka_link.as_ref().map(|l| l.failed(error));
+                        if self.shutdown.sleep(backoff) {
+                            return Ok(None);
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+            let (offsets, resume) = match &self.db {
+                None => (BTreeMap::new(), Resume::default()),
+                Some(db) => match self.resume(db) {
+                    Ok(found) => {
+                        self.database.database.ok();
+                        found
+                    }
+                    Err(e) if Failure::of(&e) == Failure::Transient => {
+                        let error = format!("{e:#}");
+                        log::warn!("{error}; retrying in {backoff:?}");
+                        self.database.database.failed(error);
+                        if self.shutdown.sleep(backoff) {
+                            return Ok(None);
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                    Err(e) => return Err(e.context("preparing PostgreSQL")),
+                },
+            };
+            return Ok(Some(Prepared {
+                partitions: partitions.unwrap_or(0),
+                offsets,
+                resume,
+            }));
+        }
+    }
+
+    /// Migrates and reads what an earlier run stored for the topic.
+    fn resume(&self, db: &Database) -> anyhow::Result<(BTreeMap<u32, i64>, Resume)> {
+        let mut client = db.prepare()?;
+        let Some(kafka) = &self.kafka else {
+            return Ok((BTreeMap::new(), Resume::default()));
+        };
+        let (offsets, resume) =
+            load_resume(&mut client, &kafka.topic, self.window_ms, self.retain_ms)?;
+        log::info!(
+            "{}: resuming {} partitions, {} stored rows back in memory",
+            db.display(),
+            offsets.len(),
+            resume.rows.len()
+        );
+        Ok((offsets, resume))
+    }
+}
+
+/// The shared pieces the pipeline's threads are built from.
+struct Components {
+    db: Option<Database>,
+    kafka: Option<KafkaConfig>,
+    serves: bool,
+    view: Arc<RwLock<View>>,
+    counters: Arc<Counters>,
+    sink_stats: Arc<SinkStats>,
+    kafka_link: Option<Arc<Link>>,
+    high_watermarks: Option<Arc<std::sync::Mutex<BTreeMap<u32, i64>>>>,
+    shutdown: Arc<Shutdown>,
+}
+
+/// The running pipeline's threads, joined in data order at shutdown.
+struct Threads {
+    dataflow: JoinHandle<Result<(), String>>,
+    collector: JoinHandle<()>,
+    sink: Option<JoinHandle<Result<(), SinkError>>>,
+}
+
+fn start_threads(
+    args: &RunArgs,
+    config: streampulse_dataflow::Config,
+    prepared: Prepared,
+    parts: Components,
+) -> anyhow::Result<Threads> {
+    let Components {
+        db,
+        kafka,
+        serves,
+        view,
+        counters,
+        sink_stats,
+        kafka_link,
+        high_watermarks,
+        shutdown,
+    } = parts;
+    let Prepared {
+        partitions,
+        offsets,
+        resume,
+    } = prepared;
     let (tx, rx) = crossbeam_channel::bounded::<Update>(UPDATE_BUFFER);
     let sink_channel = db
         .as_ref()
         .filter(|_| serves)
         .map(|_| crossbeam_channel::bounded::<Update>(UPDATE_BUFFER));
 
-    let sink_stats = Arc::new(SinkStats::default());
     let sink = match (&db, &sink_channel) {
         (Some(db), Some((_, sink_rx))) => {
             let sink_config = SinkConfig {
@@ -107,13 +327,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     .map_or_else(|| "generator".to_string(), |k| k.topic.clone()),
                 window_ms: config.window_ms,
                 retain_ms: config.retain_ms,
-                rules: rules.clone(),
+                rules: config.rules.clone(),
             };
-            let (db, sink_rx, stats) = (db.clone(), sink_rx.clone(), sink_stats.clone());
+            let (db, sink_rx, stats, shutdown) = (
+                db.clone(),
+                sink_rx.clone(),
+                sink_stats.clone(),
+                shutdown.clone(),
+            );
             Some(
                 std::thread::Builder::new()
                     .name("sink".into())
-                    .spawn(move || sink::run(db, sink_config, sink_rx, &stats))?,
+                    .spawn(move || {
+                        let result = sink::run(db, sink_config, sink_rx, &stats, &shutdown);
+                        if let Err(SinkError::Fatal(e)) = &result {
+                            log::error!("sink: {e}; stopping");
+                            shutdown.fail(format!("the PostgreSQL sink stopped: {e}"));
+                        }
+                        result
+                    })?,
             )
         }
         _ => None,
@@ -126,7 +358,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .spawn(move || {
                 for update in rx {
                     if let Some(sink) = &to_sink {
-                        // Blocks when the sink falls behind: the dataflow then waits, nothing is dropped.
+                        // Blocks when the sink falls behind: the dataflow then waits, nothing is
+                        // dropped. Fails only once the sink has stopped.
                         let _ = sink.send(update.clone());
                     }
                     view.write().expect("view lock").apply(update);
@@ -134,25 +367,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             })?
     };
 
-    // Lag = high watermark − position; the high watermarks are fetched every 5 s off the data path.
-    let high_watermarks = match (&kafka, serves) {
-        (Some(kafka), true) => {
-            let highs = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-            let (client, shared, partitions) =
-                (HighWatermarks::new(kafka)?, highs.clone(), kafka_partitions);
-            std::thread::Builder::new()
-                .name("kafka-lag".into())
-                .spawn(move || loop {
+    // Lag = high watermark − position; the high watermarks are fetched every 2 s off the data path,
+    // which doubles as the broker's health probe for /health.
+    if let (Some(kafka), Some(highs), Some(link)) = (&kafka, high_watermarks, kafka_link) {
+        let client = HighWatermarks::new(kafka)?;
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("kafka-probe".into())
+            .spawn(move || {
+                while !shutdown.is_requested() {
                     match client.fetch(partitions) {
-                        Ok(marks) => *shared.lock().expect("lag lock") = marks,
-                        Err(e) => log::debug!("fetching high watermarks: {e}"),
+                        Ok(marks) => {
+                            *highs.lock().expect("lag lock") = marks;
+                            link.ok();
+                        }
+                        Err(e) => link.failed(format!("{e}")),
                     }
-                    std::thread::sleep(Duration::from_secs(5));
-                })?;
-            Some(highs)
-        }
-        _ => None,
-    };
+                    shutdown.sleep(Duration::from_secs(2));
+                }
+            })?;
+    }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let gen = args.generator.clone();
     if kafka.is_none() {
@@ -164,8 +398,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             gen.partitions
         );
     }
+    let timely_config = args.cluster.timely()?;
     let dataflow = {
-        let (stop, counters) = (stop.clone(), counters.clone());
+        let counters = counters.clone();
+        let stop = shutdown.flag();
         let output = serves.then_some(tx);
         let limits = Limits {
             batch_max: LIVE_BATCH,
@@ -207,63 +443,83 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 )
             })?
     };
-
-    let mut state = State::new(view.clone(), counters.clone(), rules, &args.api, db.clone());
-    state.sink = sink.is_some().then_some(sink_stats);
-    state.high_watermarks = high_watermarks;
-    let state = Arc::new(state);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the HTTP runtime")?;
-    runtime.block_on(async {
-        let status = tokio::spawn(status_line(
-            view.clone(),
-            counters.clone(),
-            args.status_interval,
-        ));
-        if serves {
-            let listener = tokio::net::TcpListener::bind(args.http)
-                .await
-                .with_context(|| format!("binding the HTTP API to {}", args.http))?;
-            log::info!("API and dashboard on http://{}", listener.local_addr()?);
-            crate::http::serve(listener, state, shutdown_signal()).await;
-        } else {
-            log::info!(
-                "process {} computes; process 0 serves the API",
-                args.cluster.process
-            );
-            shutdown_signal().await;
-        }
-        status.abort();
-        anyhow::Ok(())
-    })?;
-
-    stop.store(true, Ordering::Relaxed);
-    dataflow
-        .join()
-        .map_err(|_| anyhow::anyhow!("dataflow thread panicked"))?
-        .map_err(anyhow::Error::msg)?;
-    collector
-        .join()
-        .map_err(|_| anyhow::anyhow!("collector thread panicked"))?;
-    if let Some(sink) = sink {
-        sink.join()
-            .map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
-    }
-    Ok(())
+    Ok(Threads {
+        dataflow,
+        collector,
+        sink,
+    })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
+/// Joins the pipeline's threads, bounded: past the grace period (plus a margin for the sink to
+/// notice it), or on a second signal, the process exits without waiting further.
+async fn finish(
+    threads: Option<Threads>,
+    shutdown: &Shutdown,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let Some(threads) = threads else {
+        return Ok(());
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("finish".into())
+        .spawn(move || {
+            let result = (|| -> anyhow::Result<()> {
+                threads
+                    .dataflow
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("dataflow thread panicked"))?
+                    .map_err(anyhow::Error::msg)?;
+                threads
+                    .collector
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("collector thread panicked"))?;
+                if let Some(sink) = threads.sink {
+                    sink.join()
+                        .map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+                }
+                Ok(())
+            })();
+            let _ = done_tx.send(result);
+        })?;
+    let forced = async {
+        // The first signal started this shutdown; a second one ends the wait.
+        second_signal().await;
+        anyhow::bail!("a second signal: exiting without waiting for the last commit (uncommitted offsets are read again on the next start)")
+    };
+    let overdue = async {
+        tokio::time::sleep(grace + Duration::from_secs(15)).await;
+        anyhow::bail!("the pipeline did not stop within the shutdown timeout of {grace:?}")
+    };
+    let _ = shutdown;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        result = done_rx => result.map_err(|_| anyhow::anyhow!("the pipeline's threads vanished"))?,
+        result = forced => result,
+        result = overdue => result,
+    }
+}
+
+/// Turns the first SIGTERM or SIGINT into a shutdown request with a deadline `grace` away.
+async fn watch_signals(shutdown: Arc<Shutdown>, grace: Duration) {
+    signal().await;
+    log::info!("shutting down: committing what is complete (giving up after {grace:?})");
+    shutdown.request(grace);
+}
+
+/// Resolves on the next SIGINT or SIGTERM.
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    log::info!("shutting down: finishing the current batch and committing it");
+}
+
+/// The signal after the first: the handlers stay installed, so this waits for a new one.
+async fn second_signal() {
+    signal().await;
 }
 
 /// Logs events/s, late events, the watermark and the windows in memory every `interval` seconds.

@@ -241,7 +241,7 @@ fn snapshot(schema: &str) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for (table, order) in tables {
         let sql = format!(
-            "SELECT (to_jsonb(t) - 'updated_at' - 'raised_at' - 'received_at')::text FROM {schema}.{table} t ORDER BY {order}"
+            "SELECT (to_jsonb(t) - 'updated_at' - 'raised_at' - 'received_at' - 'revised_at')::text FROM {schema}.{table} t ORDER BY {order}"
         );
         let rows = client.query(&sql, &[]).unwrap();
         out.insert(
@@ -718,4 +718,143 @@ fn an_empty_partition_does_not_stall_the_pipeline() {
     assert_tables_match_oracle_counts(&schema, &records);
     pg().batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();
+}
+
+/// Writes `events` (partition, value) in order.
+fn produce(topic: &str, events: &[(i32, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (partition, bytes) in events {
+        let mut record = BaseRecord::to(topic)
+            .key("k")
+            .payload(bytes)
+            .partition(*partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Creates an empty topic with `partitions` partitions.
+fn create_topic(topic: &str, partitions: u32) {
+    let status = Command::new(BIN)
+        .args(["generate", "--brokers", &brokers(), "--topic", topic])
+        .args(["--partitions", &partitions.to_string(), "--count", "0"])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The stored watermark (ms), once the sink has written one.
+fn stored_watermark(schema: &str, topic: &str) -> Option<i64> {
+    pg().query_one(
+        &format!(
+            "SELECT (extract(epoch FROM min(watermark)) * 1000)::bigint FROM {schema}.sink_progress WHERE topic = $1"
+        ),
+        &[&topic],
+    )
+    .ok()
+    .and_then(|r| r.get(0))
+}
+
+/// Idleness changes when results appear, never what they are (SPEC §4): a partition that falls
+/// silent past the idle timeout, so that the others carry the watermark past its windows, and then
+/// delivers its backlog in order, ends with the same tables as a run where it never went quiet.
+#[test]
+fn an_idle_partition_that_delivers_its_backlog_changes_nothing() {
+    // One worker reading every partition, and one worker per partition (the idle worker must
+    // follow the others' frontier, then be followed once it speaks again).
+    for workers in ["1", "3"] {
+        backlog_after_idleness(workers);
+    }
+}
+
+fn backlog_after_idleness(workers: &str) {
+    let topic = unique("backlog");
+    create_topic(&topic, 3);
+    let generator = streampulse_ingest::Generator::new(
+        5,
+        streampulse_ingest::Scenario::CdnOutage,
+        START_MS,
+        20.0,
+    );
+    let encoder = streampulse_ingest::Encoder::new();
+    // Event i goes to partition i % 3; the generator's own disorder stays within each partition.
+    let phase = |from: u64, to: u64, partitions: &[i32]| -> Vec<(i32, Vec<u8>)> {
+        (from..to)
+            .filter(|i| partitions.contains(&((i % 3) as i32)))
+            .map(|i| ((i % 3) as i32, encoder.encode(&generator.event(i))))
+            .collect()
+    };
+    // 20 events/s of event time: 2 400 events are 2 minutes.
+    produce(&topic, &phase(0, 2_400, &[0, 1, 2]));
+
+    let schema = unique("backlog");
+    let mut child = start_with(&postgres_url(), &topic, &schema, "1", &["-w", workers]);
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(60));
+    // Partitions 1 and 2 move on by six minutes while partition 0 says nothing.
+    produce(&topic, &phase(2_400, 9_600, &[1, 2]));
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_watermark(&schema, &topic).unwrap_or(0) < START_MS + 7 * 60_000 {
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 idle: the watermark moves on"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let final_before: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.window_totals WHERE is_final"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(final_before >= 6, "windows were reported final meanwhile");
+    // Now partition 0 delivers its backlog, in order.
+    produce(&topic, &phase(2_400, 9_600, &[0]));
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(60));
+    stop(child);
+
+    let (records, _) = read_topic(&topic, decode_avro);
+    assert_eq!(records.len(), 9_600);
+    assert_tables_match_oracle(&schema, &records);
+    let revised: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.window_totals WHERE revised_at IS NOT NULL"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        revised >= 5,
+        "the final windows partition 0 caught up on are marked revised"
+    );
+
+    // The same topic read without any pause gives identical tables.
+    let straight = unique("straight");
+    let mut child = start(&topic, &straight, &[]);
+    wait_caught_up(&straight, &topic, &mut child, Duration::from_secs(60));
+    stop(child);
+    let (a, b) = (snapshot(&schema), snapshot(&straight));
+    for table in a.keys().filter(|t| *t != "sink_progress") {
+        assert_eq!(a[table], b[table], "{table}");
+    }
+    let mut client = pg();
+    for schema in [schema, straight] {
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .unwrap();
+    }
 }

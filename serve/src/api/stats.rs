@@ -23,6 +23,7 @@ use streampulse_dataflow::{
 
 use super::query::Query;
 use super::ApiError;
+use crate::health::{Link, LinkState};
 
 /// What a cacheable handler reads.
 pub struct Input<'a> {
@@ -49,15 +50,37 @@ pub const ENDPOINTS: [(&str, Handler, &[&str]); 6] = [
 ];
 
 /// `/health`: liveness, the watermark and the counters.
-pub fn health(
-    view: &View,
-    counters: &Counters,
-    uptime_seconds: u64,
-    database: Option<&str>,
-) -> Value {
+/// The outside dependencies `/health` reports, as the pipeline sees them (`None`: not used).
+pub struct Links<'a> {
+    pub database: Option<&'a Link>,
+    pub kafka: Option<&'a Link>,
+}
+
+/// `status` is "degraded" while PostgreSQL or Kafka is unreachable (the sink cannot commit, the
+/// source cannot read) or not reached yet at start-up; `problems` says why.
+pub fn health(view: &View, counters: &Counters, uptime_seconds: u64, links: &Links) -> Value {
+    let mut problems = Vec::new();
+    for (name, link) in [("database", links.database), ("kafka", links.kafka)] {
+        let Some(link) = link else { continue };
+        match link.state() {
+            LinkState::Ok => {}
+            LinkState::Unknown => problems.push(format!("{name}: not reached yet")),
+            LinkState::Unreachable => problems.push(format!(
+                "{name}: {}",
+                link.error().unwrap_or_else(|| "unreachable".into())
+            )),
+        }
+    }
+    let status = if problems.is_empty() {
+        "healthy"
+    } else {
+        "degraded"
+    };
     json!({
-        "status": "healthy",
-        "database": database,
+        "status": status,
+        "problems": problems,
+        "database": links.database.map(|l| l.state().name()),
+        "kafka": links.kafka.map(|l| l.state().name()),
         "timestamp": iso8601(now_ms()),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime_seconds,

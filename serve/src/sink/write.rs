@@ -1,272 +1,24 @@
-//! The PostgreSQL sink: every change lands exactly once.
+//! The sink's SQL: how a [`Batch`] becomes rows, in a transaction the caller owns.
 //!
 //! ```text
-//!   Update { changes, frontier } ──▶ buffer by time ──(frontier passes t)──▶ one transaction:
-//!       additive upserts of stat rows (unnest arrays), derived rows upserted/deleted,
-//!       dead letters and samples inserted, sink_progress (offsets, max timestamp, watermark),
-//!       is_final flags  ──COMMIT
+//!   Batch ──write_batch──▶ additive upserts of stat rows (unnest arrays), derived rows upserted or
+//!                          deleted, dead letters and samples inserted
+//!         ──write_progress─▶ sink_progress (offsets, max timestamp, watermark), is_final flags,
+//!                          revised windows
 //! ```
 //!
-//! Exactly once: a transaction holds all changes of completed times together with the Kafka
-//! positions those changes came from, so after a crash the next run resumes Kafka at the stored
-//! positions and nothing is written twice or lost. Stat rows are sums, so upserts add deltas.
-//! Two kinds of change are never written: state restored at start-up (time 0, already stored, and
-//! with it the derived rows it implies) and
-//! retractions that only free memory (a window past retention), so stored rows are never deleted
-//! for that reason.
+//! Every value is a bound parameter; the only text spliced into SQL is table and column names
+//! from the lists below.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-use postgres::{Client, Transaction};
-use streampulse_dataflow::{
-    watermark_of, Aggregate, Alert, Change, Derived, Key, Side, Time, Update, Window, WindowKey,
-    RESTORE_TIME,
-};
-use streampulse_ingest::DeadLetter;
+use postgres::Transaction;
+use streampulse_dataflow::{Aggregate, Alert, Derived, Key, Window};
 
+use super::batch::Batch;
+use super::SinkConfig;
 use crate::api::alert_id;
-use crate::db::Database;
-
-/// What the sink needs to know besides the changes.
-#[derive(Clone, Debug)]
-pub struct SinkConfig {
-    pub topic: String,
-    pub window_ms: i64,
-    pub retain_ms: i64,
-    pub rules: streampulse_dataflow::Rules,
-}
-
-/// What the sink has done, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    pub commits: AtomicU64,
-    /// Total time spent in committed transactions, in microseconds.
-    pub commit_micros: AtomicU64,
-    pub retries: AtomicU64,
-}
-
-/// One transaction's worth of consolidated changes.
-#[derive(Default)]
-struct Batch {
-    stats: BTreeMap<WindowKey, Aggregate>,
-    derived: BTreeMap<Derived, isize>,
-    positions: BTreeMap<u32, (i64, i64)>,
-    dead: Vec<DeadLetter>,
-    samples: Vec<streampulse_dataflow::build::Sample>,
-    watermark: Option<i64>,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.stats.is_empty()
-            && self.derived.is_empty()
-            && self.positions.is_empty()
-            && self.dead.is_empty()
-            && self.samples.is_empty()
-    }
-}
-
-/// Runs the sink until the channel closes (the dataflow finished). Database errors are retried with
-/// backoff; the batch that failed is kept and retried whole.
-pub fn run(
-    db: Database,
-    config: SinkConfig,
-    updates: Receiver<Update>,
-    stats: &SinkStats,
-) -> anyhow::Result<()> {
-    let mut client: Option<Client> = None;
-    let mut pending: BTreeMap<Time, Vec<Change>> = BTreeMap::new();
-    let mut frontier: Option<Option<Time>> = None;
-    let mut committed: Option<Option<Time>> = None;
-    let mut backoff = Duration::from_millis(100);
-    let mut last_commit = Instant::now();
-    let mut closed = false;
-    loop {
-        match updates.recv_timeout(Duration::from_millis(100)) {
-            Ok(update) => {
-                for change in update.changes {
-                    pending
-                        .entry(change_time(&change))
-                        .or_default()
-                        .push(change);
-                }
-                frontier = Some(update.frontier);
-                // Take whatever else is already queued before writing.
-                continue_draining(&updates, &mut pending, &mut frontier);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => closed = true,
-        }
-        let Some(upto) = frontier else {
-            if closed {
-                return Ok(());
-            }
-            continue;
-        };
-        // Batch commits a little: at most every 100 ms unless the stream ended.
-        let due = closed || upto.is_none() || last_commit.elapsed() >= Duration::from_millis(100);
-        if !due || committed == Some(upto) {
-            if closed && committed == Some(upto) {
-                return Ok(());
-            }
-            continue;
-        }
-        let ready: Vec<Time> = pending
-            .keys()
-            .copied()
-            .filter(|t| upto.is_none_or(|f| *t < f))
-            .collect();
-        let mut changes = Vec::new();
-        for t in ready {
-            changes.extend(pending.remove(&t).unwrap_or_default());
-        }
-        let batch = consolidate(changes, upto, &config);
-        loop {
-            let started = Instant::now();
-            let result = match client.as_mut() {
-                Some(c) => write(c, &config, &batch),
-                None => db
-                    .connect()
-                    .map(|c| {
-                        client = Some(c);
-                    })
-                    .and_then(|_| write(client.as_mut().expect("just connected"), &config, &batch)),
-            };
-            match result {
-                Ok(()) => {
-                    backoff = Duration::from_millis(100);
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                    let micros = started.elapsed().as_micros() as u64;
-                    stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) if !is_transient(&e) => {
-                    // Not the database being away: a schema mismatch, a permission, a bug. Retrying
-                    // would spin forever, so stop loudly; the stored progress is intact.
-                    log::error!("sink: {e:#}; this is not a transient database error, stopping");
-                    std::process::exit(2);
-                }
-                Err(e) => {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("sink: {e:#}; retrying in {backoff:?}");
-                    client = None;
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-        committed = Some(upto);
-        last_commit = Instant::now();
-        if closed && pending.is_empty() {
-            return Ok(());
-        }
-    }
-}
-
-/// Whether a database error may go away by itself (connection lost, server restarting, overloaded,
-/// a serialisation conflict), as opposed to a misconfiguration or a bug.
-fn is_transient(error: &anyhow::Error) -> bool {
-    let Some(pg) = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<postgres::Error>())
-    else {
-        return false;
-    };
-    if pg.is_closed() {
-        return true;
-    }
-    if let Some(db) = pg.as_db_error() {
-        let code = db.code().code();
-        return code.starts_with("08")
-            || code.starts_with("53")
-            || code.starts_with("57P")
-            || code == "40001"
-            || code == "40P01";
-    }
-    // No server error: an I/O failure talking to the server counts as transient.
-    std::error::Error::source(pg).is_some_and(|s| s.is::<std::io::Error>())
-}
-
-fn continue_draining(
-    updates: &Receiver<Update>,
-    pending: &mut BTreeMap<Time, Vec<Change>>,
-    frontier: &mut Option<Option<Time>>,
-) {
-    for update in updates.try_iter().take(1024) {
-        for change in update.changes {
-            pending
-                .entry(change_time(&change))
-                .or_default()
-                .push(change);
-        }
-        *frontier = Some(update.frontier);
-    }
-}
-
-fn change_time(change: &Change) -> Time {
-    match change {
-        Change::Stat { time, .. } | Change::Derived { time, .. } | Change::Side { time, .. } => {
-            *time
-        }
-    }
-}
-
-/// Whether a change at `time` to `window` only frees memory (the window is past retention).
-fn is_retention(window: Window, time: Time, config: &SinkConfig) -> bool {
-    window.end(config.window_ms) + config.retain_ms <= watermark_of(time)
-}
-
-fn consolidate(changes: Vec<Change>, upto: Option<Time>, config: &SinkConfig) -> Batch {
-    let mut batch = Batch {
-        watermark: upto.map(watermark_of),
-        ..Batch::default()
-    };
-    for change in changes {
-        match change {
-            // Restored state is what the tables already hold. Writing its derived rows again is not
-            // just redundant: consolidated with a later retraction it would cancel the delete.
-            Change::Stat { time, .. } | Change::Derived { time, .. } if time == RESTORE_TIME => {}
-            Change::Stat { row, time, .. } if is_retention(row.window, time, config) => {}
-            Change::Stat { row, delta, .. } => {
-                use differential_dataflow::difference::Semigroup;
-                batch.stats.entry(row).or_default().plus_equals(&delta);
-            }
-            Change::Derived { row, time, diff }
-                if diff < 0 && is_retention(row.window(), time, config) => {}
-            Change::Derived { row, diff, .. } => *batch.derived.entry(row).or_default() += diff,
-            Change::Side {
-                row:
-                    Side::Position {
-                        partition,
-                        next_offset,
-                        max_ts,
-                    },
-                ..
-            } => {
-                let slot = batch
-                    .positions
-                    .entry(partition)
-                    .or_insert((next_offset, max_ts));
-                *slot = (slot.0.max(next_offset), slot.1.max(max_ts));
-            }
-            Change::Side {
-                row: Side::DeadLetter(letter),
-                ..
-            } => batch.dead.push(letter),
-            Change::Side {
-                row: Side::Sample(sample),
-                ..
-            } => batch.samples.push(sample),
-        }
-    }
-    batch.stats.retain(|_, agg| *agg != Aggregate::default());
-    batch.derived.retain(|_, diff| *diff != 0);
-    batch
-}
 
 /// Column arrays of a stat table's rows, in the order the upsert statements bind them.
 #[derive(Default)]
@@ -336,23 +88,75 @@ fn upsert_sql(table: &str, keys: &[&str], key_types: &[&str]) -> String {
     )
 }
 
-fn write(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<()> {
-    if batch.is_empty() && batch.watermark.is_none() {
-        return Ok(());
+/// Writes the batch's rows: stats, derived rows, dead letters and samples (not its progress).
+pub fn write_batch(
+    tx: &mut Transaction<'_>,
+    config: &SinkConfig,
+    batch: &Batch,
+) -> anyhow::Result<()> {
+    write_stats(tx, config, batch)?;
+    write_derived(tx, config, batch)?;
+    write_side(tx, config, batch)
+}
+
+/// Writes where each partition resumes, the watermark with the `is_final` flags it implies, and
+/// which windows were revised. Goes in the same transaction as the rows it accounts for.
+pub fn write_progress(
+    tx: &mut Transaction<'_>,
+    config: &SinkConfig,
+    batch: &Batch,
+) -> anyhow::Result<()> {
+    for (partition, (next_offset, max_ts)) in &batch.positions {
+        tx.execute(
+            "INSERT INTO sink_progress (topic, partition, next_offset, max_timestamp)
+             VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000))
+             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
+                 max_timestamp = excluded.max_timestamp, updated_at = now()",
+            &[
+                &config.topic,
+                &(*partition as i32),
+                next_offset,
+                &(*max_ts as f64),
+            ],
+        )
+        .context("storing Kafka positions")?;
     }
-    let mut tx = client.transaction()?;
-    write_stats(&mut tx, config, batch)?;
-    write_derived(&mut tx, config, batch)?;
-    write_side(&mut tx, config, batch)?;
+    if !batch.revised.is_empty() {
+        let starts: Vec<f64> = batch.revised.iter().map(|w| w.start() as f64).collect();
+        tx.execute(
+            "UPDATE window_totals SET revised_at = now()
+             WHERE window_start IN (SELECT to_timestamp(ws / 1000) FROM unnest($1::float8[]) AS ws)",
+            &[&starts],
+        )
+        .context("flagging revised windows")?;
+    }
     if let Some(watermark) = batch.watermark {
-        mark_final(&mut tx, watermark)?;
+        mark_final(tx, watermark)?;
         tx.execute(
             "UPDATE sink_progress SET watermark = to_timestamp($2::float8 / 1000), updated_at = now()
              WHERE topic = $1",
             &[&config.topic, &(watermark as f64)],
-        )?;
+        )
+        .context("storing the watermark")?;
     }
-    tx.commit().context("committing the sink transaction")?;
+    Ok(())
+}
+
+/// Stores a row the database refused as a dead letter: partition -1, the next negative offset of
+/// the topic, the row as JSON and the database's reason.
+pub fn write_refused(
+    tx: &mut Transaction<'_>,
+    config: &SinkConfig,
+    row: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    tx.execute(
+        "INSERT INTO dead_letters (topic, partition, kafka_offset, reason, raw)
+         SELECT $1, -1, coalesce(min(kafka_offset), 0) - 1, $2, $3
+         FROM dead_letters WHERE topic = $1 AND partition = -1",
+        &[&config.topic, &reason, &row.as_bytes()],
+    )
+    .context("storing a refused row as a dead letter")?;
     Ok(())
 }
 
@@ -549,20 +353,6 @@ fn write_side(tx: &mut Transaction<'_>, config: &SinkConfig, batch: &Batch) -> a
                 &s.device,
                 &s.status,
                 &s.error_code,
-            ],
-        )?;
-    }
-    for (partition, (next_offset, max_ts)) in &batch.positions {
-        tx.execute(
-            "INSERT INTO sink_progress (topic, partition, next_offset, max_timestamp)
-             VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000))
-             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
-                 max_timestamp = excluded.max_timestamp, updated_at = now()",
-            &[
-                &config.topic,
-                &(*partition as i32),
-                next_offset,
-                &(*max_ts as f64),
             ],
         )?;
     }
