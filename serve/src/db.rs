@@ -5,7 +5,9 @@
 //! connection has a connect timeout, TCP keepalives and a statement timeout.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
@@ -14,7 +16,7 @@ use postgres::{Client, Config, NoTls};
 use postgres_openssl::MakeTlsConnector;
 use streampulse_dataflow::{Aggregate, Key, Resume, Window, WindowKey};
 
-use crate::migrate::{check_schema_name, migrate};
+use crate::migrate::check_schema_name;
 
 /// How long opening a connection may take (unless the URL sets `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,11 +99,139 @@ impl Database {
         Ok(client)
     }
 
-    /// Connects and applies migrations: the start-up check that fails fast on misconfiguration.
-    pub fn prepare(&self) -> anyhow::Result<Client> {
-        let mut client = self.connect()?;
-        migrate(&mut client, &self.schema)?;
-        Ok(client)
+    /// How long a connection attempt may take from first byte to a ready session: the socket-level
+    /// `connect_timeout` (which is all the driver bounds) plus time for TLS and authentication.
+    pub fn connect_deadline(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT)
+            + Duration::from_secs(5)
+    }
+}
+
+/// A connection that lives on a thread of its own, so that every call on it has a deadline.
+///
+/// The blocking driver bounds only the socket-level connect: a server that accepts and then never
+/// answers (stopped, or a half-open path whose kernel still acknowledges) would block a call
+/// forever, since keepalives are answered and nothing stays unacknowledged. Here the caller waits
+/// for the thread's answer with a deadline; past it, the thread and its connection are abandoned
+/// (they end by themselves once the call returns) and the next call starts afresh on a new thread.
+/// At most [`MAX_ABANDONED`] abandoned threads may be pending at once.
+pub struct Session {
+    db: Database,
+    thread: Option<crossbeam_channel::Sender<Job>>,
+    abandoned: Arc<AtomicUsize>,
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+/// Abandoned session threads allowed to be still blocked before new attempts wait.
+pub const MAX_ABANDONED: usize = 4;
+
+/// A call that got no answer in time: an I/O timeout, so it counts as transient.
+fn timed_out(what: String) -> anyhow::Error {
+    anyhow::Error::new(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+impl Session {
+    pub fn new(db: Database) -> Session {
+        Session {
+            db,
+            thread: None,
+            abandoned: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Runs `call` on the session's connection and waits at most `deadline` for it, or until
+    /// `give_up` says so. Connecting first, if needed, has its own deadline
+    /// ([`Database::connect_deadline`]). Any error drops the connection.
+    pub fn run<T: Send + 'static>(
+        &mut self,
+        deadline: Duration,
+        give_up: &dyn Fn() -> bool,
+        call: impl FnOnce(&mut Client) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let db = self.db.clone();
+        self.submit(self.db.connect_deadline(), give_up, move |slot| {
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                *slot = Some(db.connect()?);
+            }
+            Ok(())
+        })?;
+        self.submit(deadline, give_up, move |slot| match slot.as_mut() {
+            Some(client) => call(client),
+            None => Err(timed_out("no PostgreSQL connection".into())),
+        })
+    }
+
+    /// Runs one job on the session's thread and waits for its answer within `deadline`.
+    fn submit<T: Send + 'static>(
+        &mut self,
+        deadline: Duration,
+        give_up: &dyn Fn() -> bool,
+        work: impl FnOnce(&mut Option<Client>) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let jobs = self.thread()?;
+        let (answer, result) = crossbeam_channel::bounded(1);
+        let job: Job = Box::new(move |slot: &mut Option<Client>| {
+            let outcome = work(slot);
+            if outcome.is_err() {
+                *slot = None;
+            }
+            let _ = answer.send(outcome);
+        });
+        if jobs.send(job).is_err() {
+            self.thread = None;
+            return Err(timed_out("the PostgreSQL session thread stopped".into()));
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            match result.recv_timeout(Duration::from_millis(100)) {
+                Ok(outcome) => return outcome,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.thread = None;
+                    return Err(timed_out("the PostgreSQL session thread stopped".into()));
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= until || give_up() {
+                        // Dropping the sender ends the thread once its call returns.
+                        self.thread = None;
+                        return Err(timed_out(format!(
+                            "{} did not answer within {deadline:?}",
+                            self.db.display()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The session thread's job queue, starting a thread if there is none.
+    fn thread(&mut self) -> anyhow::Result<crossbeam_channel::Sender<Job>> {
+        if let Some(jobs) = &self.thread {
+            return Ok(jobs.clone());
+        }
+        if self.abandoned.load(Ordering::SeqCst) > MAX_ABANDONED {
+            return Err(timed_out(format!(
+                "{MAX_ABANDONED} earlier calls to PostgreSQL are still blocked"
+            )));
+        }
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let alive = self.abandoned.clone();
+        alive.fetch_add(1, Ordering::SeqCst);
+        std::thread::Builder::new()
+            .name("postgres".into())
+            .spawn(move || {
+                let mut client = None;
+                for job in queue {
+                    job(&mut client);
+                }
+                drop(client);
+                alive.fetch_sub(1, Ordering::SeqCst);
+            })?;
+        self.thread = Some(jobs.clone());
+        Ok(jobs)
     }
 }
 

@@ -27,8 +27,9 @@ use streampulse_ingest::{Generator, GeneratorSource, Pace, Source};
 
 use crate::api::State;
 use crate::cli::{RunArgs, SourceKind};
-use crate::db::{load_resume, Database};
+use crate::db::{load_resume, Database, Session};
 use crate::health::Link;
+use crate::migrate::migrate;
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Failure, SinkConfig, SinkError, SinkStats};
 
@@ -253,14 +254,23 @@ impl Start {
         }
     }
 
-    /// Migrates and reads what an earlier run stored for the topic.
+    /// Migrates and reads what an earlier run stored for the topic, within a deadline (a server
+    /// that never answers is given up on and retried, see [`Session`]).
     fn resume(&self, db: &Database) -> anyhow::Result<(BTreeMap<u32, i64>, Resume)> {
-        let mut client = db.prepare()?;
-        let Some(kafka) = &self.kafka else {
-            return Ok((BTreeMap::new(), Resume::default()));
-        };
-        let (offsets, resume) =
-            load_resume(&mut client, &kafka.topic, self.window_ms, self.retain_ms)?;
+        let topic = self.kafka.as_ref().map(|k| k.topic.clone());
+        let (window_ms, retain_ms, schema) = (self.window_ms, self.retain_ms, db.schema.clone());
+        let shutdown = self.shutdown.clone();
+        let (offsets, resume) = Session::new(db.clone()).run(
+            Duration::from_secs(120),
+            &|| shutdown.is_requested(),
+            move |client| {
+                migrate(client, &schema)?;
+                match topic {
+                    Some(topic) => load_resume(client, &topic, window_ms, retain_ms),
+                    None => Ok((BTreeMap::new(), Resume::default())),
+                }
+            },
+        )?;
         log::info!(
             "{}: resuming {} partitions, {} stored rows back in memory",
             db.display(),

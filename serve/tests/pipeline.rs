@@ -96,14 +96,12 @@ fn start_with(url: &str, topic: &str, schema: &str, idle_timeout: &str, extra: &
             "--topic",
             topic,
         ])
-        .args([
-            "--postgres",
-            url,
-            "--pg-schema",
-            schema,
-            "--http",
-            "127.0.0.1:0",
-        ])
+        .args(["--postgres", url, "--pg-schema", schema])
+        .args(if extra.contains(&"--http") {
+            &[][..]
+        } else {
+            &["--http", "127.0.0.1:0"][..]
+        })
         .args(["--idle-timeout", idle_timeout])
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -857,4 +855,510 @@ fn backlog_after_idleness(workers: &str) {
             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
             .unwrap();
     }
+}
+
+/// A free loopback port for the API (bound, read, released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on the API at `port`, as JSON (`None` while it does not answer).
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+/// Polls `/health` until `check` holds, for at most `timeout`; returns the last answer.
+fn wait_health(
+    port: u16,
+    timeout: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let health = get_json(port, "/health");
+        match health {
+            Some(h) if check(&h) => return h,
+            _ if Instant::now() >= deadline => {
+                panic!("/health never satisfied the check: {health:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Every class of bad record a producer can write, with what its dead letter's reason must name.
+fn poison() -> Vec<(&'static str, Option<Vec<u8>>)> {
+    let encoder = streampulse_ingest::Encoder::new();
+    let base =
+        streampulse_ingest::Generator::new(9, streampulse_ingest::Scenario::Clean, START_MS, 100.0)
+            .event(0);
+    let bad = |change: &dyn Fn(&mut streampulse_ingest::Event)| {
+        let mut e = base.clone();
+        change(&mut e);
+        Some(encoder.encode(&e))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // A bare datum written with another schema (v2's field layout), and two datums run together.
+    let v2 = streampulse_ingest::confluent::ConfluentEncoder::new(
+        1,
+        streampulse_ingest::confluent::SchemaVersion::V2,
+    )
+    .encode(&base)[5..]
+        .to_vec();
+    vec![
+        (
+            "not a valid avro",
+            Some(b"\xff\xfe garbage \x00\x01".to_vec()),
+        ),
+        ("not a valid avro", Some(v2)),
+        ("left over", {
+            let mut two = encoder.encode(&base);
+            two.extend(encoder.encode(&base));
+            Some(two)
+        }),
+        ("empty record value", Some(Vec::new())),
+        ("empty record value", None), // a null value (tombstone)
+        (
+            "content.title",
+            bad(&|e| e.content.title = "nul\0byte".into()),
+        ),
+        (
+            "content.title",
+            bad(&|e| e.content.title = "t".repeat(3_000)),
+        ),
+        (
+            "user_context.region",
+            bad(&|e| e.user_context.region = "EU\u{7}".into()),
+        ),
+        (
+            "user_context.region",
+            bad(&|e| e.user_context.region = String::new()),
+        ),
+        ("timestamp", bad(&|e| e.timestamp = 32_503_680_000_000)), // year 3000
+        ("timestamp", bad(&|e| e.timestamp = -5)),
+        (
+            "ahead of its kafka record",
+            bad(&|e| e.timestamp = now + 3_600_000),
+        ),
+        (
+            "download.speed_mbps",
+            bad(&|e| e.download.speed_mbps = 3.0e38),
+        ),
+        (
+            "download.speed_mbps",
+            bad(&|e| e.download.speed_mbps = f32::NAN),
+        ),
+        (
+            "download.speed_mbps",
+            bad(&|e| e.download.speed_mbps = -1.0),
+        ),
+        ("content.size_mb", bad(&|e| e.content.size_mb = -10)),
+        (
+            "download.duration_seconds",
+            bad(&|e| e.download.duration_seconds = i32::MAX),
+        ),
+        ("content.price", bad(&|e| e.content.price = f32::INFINITY)),
+        (
+            "download.status",
+            bad(&|e| e.download.status = "exploded".into()),
+        ),
+    ]
+}
+
+/// Nothing a producer can write halts, poisons or corrupts the pipeline: poison of every class,
+/// spread over the partitions between good records, ends as dead letters with their reasons while
+/// every good record is counted exactly as the recomputation says.
+#[test]
+fn poison_of_every_class_becomes_dead_letters() {
+    let topic = unique("poison");
+    create_topic(&topic, 3);
+    let generator = streampulse_ingest::Generator::new(
+        4,
+        streampulse_ingest::Scenario::CdnOutage,
+        START_MS,
+        15.0,
+    );
+    let encoder = streampulse_ingest::Encoder::new();
+    let poison = poison();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let send = |partition: i32, value: Option<&[u8]>| {
+        let mut record = BaseRecord::<str, [u8]>::to(&topic)
+            .key("k")
+            .partition(partition);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        while let Err((_, back)) = producer.send(record) {
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+    };
+    // Good events i → partition i % 3; after every 400 good events one poison record, in turn.
+    let mut expected_dead = Vec::new();
+    let mut next_offset = [0i64; 3];
+    for i in 0..9_000u64 {
+        let p = (i % 3) as usize;
+        send(p as i32, Some(&encoder.encode(&generator.event(i))));
+        next_offset[p] += 1;
+        if i % 400 == 399 {
+            let k = (i / 400) as usize % poison.len();
+            let (reason, value) = &poison[k];
+            send(p as i32, value.as_deref());
+            expected_dead.push((p as i32, next_offset[p], *reason));
+            next_offset[p] += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    assert!(
+        expected_dead.len() >= poison.len(),
+        "every class is written"
+    );
+
+    let schema = unique("poison");
+    let mut child = start_with(&postgres_url(), &topic, &schema, NEVER_IDLE, &["-w", "2"]);
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(90));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the pipeline is still running"
+    );
+    stop(child);
+
+    let (mut records, mut bad) = read_topic(&topic, decode_avro);
+    // The future-dated record decodes; only its Kafka timestamp (the time it was written) rules it
+    // out. Every good event here is from 2023.
+    let written = records.len();
+    records.retain(|r| r.event.timestamp < START_MS + 24 * 3_600_000);
+    bad += written - records.len();
+    assert_eq!((records.len(), bad), (9_000, expected_dead.len()));
+    assert_tables_match_oracle(&schema, &records);
+    let mut client = pg();
+    let dead = ms(
+        &mut client,
+        &format!("SELECT partition, kafka_offset, reason FROM {schema}.dead_letters ORDER BY partition, kafka_offset"),
+    );
+    let mut expected = expected_dead.clone();
+    expected.sort();
+    assert_eq!(
+        dead.len(),
+        expected.len(),
+        "one dead letter per poison record"
+    );
+    for (row, (partition, offset, reason)) in dead.iter().zip(&expected) {
+        let (p, o, text): (i32, i64, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((p, o), (*partition, *offset));
+        assert!(
+            text.to_lowercase().contains(&reason.to_lowercase()),
+            "offset {o}: {text:?} should name {reason:?}"
+        );
+    }
+    // The newest window is the stream's own: no poisoned timestamp moved "now".
+    let newest: i64 = client
+        .query_one(
+            &format!("SELECT (extract(epoch FROM max(window_start)) * 1000)::bigint FROM {schema}.window_totals"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(newest < START_MS + 4 * 3_600_000, "newest window {newest}");
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}
+
+/// The sink never halts on data: a row PostgreSQL refuses (here, through a CHECK constraint an
+/// analyst added, which validation cannot know about) becomes a dead letter with the database's
+/// reason, and everything else commits with its offsets.
+#[test]
+fn a_row_the_database_refuses_is_set_aside() {
+    let topic = unique("refused");
+    generate(&topic, 6_000, "clean", &[]);
+    let schema = unique("refused");
+    let status = Command::new(BIN)
+        .args([
+            "migrate",
+            "--postgres",
+            &postgres_url(),
+            "--pg-schema",
+            &schema,
+        ])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (records, _) = read_topic(&topic, decode_avro);
+    let refused_region = records[0].event.user_context.region.clone();
+    pg().batch_execute(&format!(
+        "ALTER TABLE {schema}.region_health ADD CONSTRAINT analysts_rule CHECK (region <> '{refused_region}')"
+    ))
+    .unwrap();
+
+    let mut child = start(&topic, &schema, &[]);
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(90));
+    stop(child);
+
+    let mut client = pg();
+    let dead = ms(
+        &mut client,
+        &format!("SELECT kafka_offset, reason, convert_from(raw, 'UTF8') FROM {schema}.dead_letters WHERE partition = -1"),
+    );
+    assert!(!dead.is_empty(), "refused rows are dead letters");
+    for row in &dead {
+        let (reason, raw): (String, String) = (row.get(1), row.get(2));
+        assert!(reason.contains("analysts_rule"), "{reason}");
+        assert!(raw.contains(&refused_region), "{raw}");
+    }
+    // Everything but the refused region's rows is exactly the recomputation.
+    let expected = recompute(&records, &Config::default());
+    let stored = stored_stats(&schema);
+    for (row, agg) in &expected.stats {
+        match &row.key {
+            Key::Region(r) if *r == refused_region => assert!(!stored.contains_key(row)),
+            _ => assert_eq!(stored.get(row), Some(agg), "{row:?}"),
+        }
+    }
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}
+
+/// A TCP relay to PostgreSQL that a test can cut: `Down` refuses new connections and severs the
+/// open ones, `Silent` accepts connections and never answers (a peer that hangs). The database
+/// behind it is the real one; only the network between is faulty.
+struct Relay {
+    port: u16,
+    mode: Arc<Mutex<RelayMode>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum RelayMode {
+    Up,
+    Down,
+    Silent,
+}
+
+impl Relay {
+    fn new() -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url: postgres::Config = postgres_url().parse().unwrap();
+        let pg_port = url.get_ports().first().copied().unwrap_or(5432);
+        let mode = Arc::new(Mutex::new(RelayMode::Up));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (m, g) = (mode.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let current = *m.lock().unwrap();
+                match current {
+                    RelayMode::Down => drop(client),
+                    RelayMode::Silent => {
+                        // Hold it open, say nothing.
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_secs(600));
+                            drop(client);
+                        });
+                    }
+                    RelayMode::Up => {
+                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", pg_port))
+                        else {
+                            continue;
+                        };
+                        let born = g.load(std::sync::atomic::Ordering::SeqCst);
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            let g = g.clone();
+                            std::thread::spawn(move || {
+                                let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+                                let mut buf = [0u8; 16 * 1024];
+                                loop {
+                                    if g.load(std::sync::atomic::Ordering::SeqCst) != born {
+                                        break; // cut
+                                    }
+                                    match from.read(&mut buf) {
+                                        Ok(0) => break,
+                                        Ok(n) => {
+                                            if to.write_all(&buf[..n]).is_err() {
+                                                break;
+                                            }
+                                        }
+                                        Err(e)
+                                            if matches!(
+                                                e.kind(),
+                                                std::io::ErrorKind::WouldBlock
+                                                    | std::io::ErrorKind::TimedOut
+                                            ) => {}
+                                        Err(_) => break,
+                                    }
+                                }
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                }
+            }
+        });
+        Relay {
+            port,
+            mode,
+            generation,
+        }
+    }
+
+    /// The PostgreSQL URL through the relay (with short timeouts, so tests need not wait long).
+    fn url(&self) -> String {
+        let url: postgres::Config = postgres_url().parse().unwrap();
+        let user = url.get_user().unwrap_or("postgres");
+        let db = url.get_dbname().unwrap_or("streampulse");
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{db}?connect_timeout=2",
+            self.port
+        )
+    }
+
+    fn set(&self, mode: RelayMode) {
+        *self.mode.lock().unwrap() = mode;
+        if mode != RelayMode::Up {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+fn start_relayed(relay: &Relay, topic: &str, schema: &str, port: u16, extra: &[&str]) -> Child {
+    let http = format!("127.0.0.1:{port}");
+    let mut args = vec!["--http", &http];
+    args.extend_from_slice(extra);
+    start_with(&relay.url(), topic, schema, NEVER_IDLE, &args)
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PostgreSQL unreachable at start-up, then lost mid-run: the API serves and /health tells the
+/// truth throughout; a connection that never answers is abandoned and retried; SIGTERM while the
+/// database is away ends within the shutdown deadline, non-zero and losing nothing; SIGTERM with the
+/// database back commits and exits 0; the tables then equal the recomputation.
+#[test]
+fn database_outages_are_reported_retried_and_bounded() {
+    let topic = unique("outage");
+    generate(&topic, 20_000, "cdn-outage", &[]);
+    let relay = Relay::new();
+    let schema = unique("outage");
+
+    // Down at start-up: the API answers, /health says the database is unreachable.
+    relay.set(RelayMode::Down);
+    let port = free_port();
+    let mut child = start_relayed(&relay, &topic, &schema, port, &["--shutdown-timeout", "3"]);
+    let health = wait_health(port, Duration::from_secs(30), |h| {
+        h["database"] == "unreachable"
+    });
+    assert_eq!(health["status"], "degraded");
+    assert!(
+        get_json(port, "/api/stats/realtime").is_some(),
+        "the API serves meanwhile"
+    );
+    // A peer that accepts and never answers: the connect times out and is retried.
+    relay.set(RelayMode::Silent);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(child.try_wait().unwrap().is_none());
+    relay.set(RelayMode::Up);
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(90));
+    let health = wait_health(port, Duration::from_secs(20), |h| h["status"] == "healthy");
+    assert_eq!(health["database"], "ok");
+
+    // Lost mid-run, with more data to commit: reported, and SIGTERM ends in bounded time.
+    relay.set(RelayMode::Down);
+    generate(&topic, 20_000, "cdn-outage", &["--seed", "8"]);
+    wait_health(port, Duration::from_secs(30), |h| {
+        h["database"] == "unreachable"
+    });
+    let asked = Instant::now();
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(25));
+    assert!(
+        !status.success(),
+        "gave up on the last commit: a non-zero exit"
+    );
+    eprintln!(
+        "SIGTERM during the outage: exited {status:?} after {:?}",
+        asked.elapsed()
+    );
+
+    // A second signal cuts a long shutdown short.
+    let port = free_port();
+    let mut child = start_relayed(
+        &relay,
+        &topic,
+        &schema,
+        port,
+        &["--shutdown-timeout", "600"],
+    );
+    wait_health(port, Duration::from_secs(30), |h| {
+        h["database"] == "unreachable"
+    });
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "waits for the database"
+    );
+    signal(&child, "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert!(!status.success());
+
+    // Back: it resumes from the stored offsets, catches up, and SIGTERM exits 0.
+    relay.set(RelayMode::Up);
+    let port = free_port();
+    let mut child = start_relayed(&relay, &topic, &schema, port, &[]);
+    wait_caught_up(&schema, &topic, &mut child, Duration::from_secs(90));
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    let (records, _) = read_topic(&topic, decode_avro);
+    assert_tables_match_oracle(&schema, &records);
+    pg().batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
 }

@@ -29,13 +29,14 @@ mod write;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use postgres::Client;
 use streampulse_dataflow::{Change, Time, Update};
 
-use crate::db::Database;
+use crate::db::{Database, Session};
 use crate::health::Link;
 use crate::shutdown::Shutdown;
 use batch::{consolidate, Batch};
@@ -134,9 +135,8 @@ pub fn run(
     shutdown: &Shutdown,
 ) -> Result<(), SinkError> {
     let mut sink = Sink {
-        db,
+        session: Session::new(db),
         config,
-        client: None,
         stats,
         shutdown,
     };
@@ -182,7 +182,7 @@ pub fn run(
         }
         let batch = consolidate(changes, upto, sink.config.window_ms, sink.config.retain_ms);
         if !(batch.is_empty() && batch.watermark.is_none()) {
-            sink.commit(&batch)?;
+            sink.commit(Arc::new(batch))?;
         }
         committed = Some(upto);
         last_commit = Instant::now();
@@ -210,29 +210,37 @@ fn receive(
 
 /// The sink's connection and the policy around it.
 struct Sink<'a> {
-    db: Database,
+    session: Session,
     config: SinkConfig,
-    client: Option<Client>,
     stats: &'a SinkStats,
     shutdown: &'a Shutdown,
 }
 
+/// The longest a commit may go without an answer before the connection counts as dead (the
+/// server cancels a single statement after `STATEMENT_TIMEOUT` itself).
+const COMMIT_DEADLINE: Duration = Duration::from_secs(90);
+
 impl Sink<'_> {
     /// Commits `batch`, retrying transient failures and setting refused rows aside.
-    fn commit(&mut self, batch: &Batch) -> Result<(), SinkError> {
+    fn commit(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(100);
         let mut isolate = false;
+        let shutdown = self.shutdown;
         loop {
             let started = Instant::now();
-            let result = connected(&self.db, &mut self.client).and_then(|client| {
-                if isolate {
-                    write_isolating(client, &self.config, batch, self.stats)
-                } else {
-                    write_whole(client, &self.config, batch)
-                }
-            });
+            let (config, rows) = (self.config.clone(), batch.clone());
+            let result =
+                self.session
+                    .run(COMMIT_DEADLINE, &|| shutdown.is_overdue(), move |client| {
+                        if isolate {
+                            write_isolating(client, &config, &rows)
+                        } else {
+                            write_whole(client, &config, &rows).map(|()| 0)
+                        }
+                    });
             let error = match result {
-                Ok(()) => {
+                Ok(refused) => {
+                    self.stats.refused.fetch_add(refused, Ordering::Relaxed);
                     self.stats.database.ok();
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     let micros = started.elapsed().as_micros() as u64;
@@ -243,6 +251,9 @@ impl Sink<'_> {
                 }
                 Err(error) => error,
             };
+            if self.shutdown.is_overdue() {
+                return Err(SinkError::Abandoned);
+            }
             match Failure::of(&error) {
                 Failure::Data if !isolate => {
                     log::warn!("sink: {error:#}; writing this batch row by row to set the refused rows aside");
@@ -254,7 +265,6 @@ impl Sink<'_> {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     self.stats.database.failed(format!("{error:#}"));
                     log::warn!("sink: {error:#}; retrying in {backoff:?}");
-                    self.client = None;
                     if self.shutdown.sleep(backoff) {
                         return Err(SinkError::Abandoned);
                     }
@@ -266,14 +276,6 @@ impl Sink<'_> {
     }
 }
 
-/// The open connection in `slot`, opening one first if there is none.
-fn connected<'c>(db: &Database, slot: &'c mut Option<Client>) -> anyhow::Result<&'c mut Client> {
-    if slot.as_ref().is_none_or(Client::is_closed) {
-        *slot = Some(db.connect()?);
-    }
-    Ok(slot.as_mut().expect("connected just above"))
-}
-
 fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<()> {
     let mut tx = client.transaction()?;
     write::write_batch(&mut tx, config, batch)?;
@@ -283,13 +285,9 @@ fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyho
 }
 
 /// Writes each row of `batch` under its own savepoint; a row refused with a data error is rolled
-/// back and stored as a dead letter instead. The rest, and the progress, commit together.
-fn write_isolating(
-    client: &mut Client,
-    config: &SinkConfig,
-    batch: &Batch,
-    stats: &SinkStats,
-) -> anyhow::Result<()> {
+/// back and stored as a dead letter instead. The rest, and the progress, commit together. Returns
+/// how many rows were refused.
+fn write_isolating(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<u64> {
     let mut tx = client.transaction()?;
     let mut refused = Vec::new();
     for piece in batch.rows() {
@@ -309,10 +307,7 @@ fn write_isolating(
     }
     write::write_progress(&mut tx, config, &batch.progress())?;
     tx.commit()?;
-    stats
-        .refused
-        .fetch_add(refused.len() as u64, Ordering::Relaxed);
-    Ok(())
+    Ok(refused.len() as u64)
 }
 
 #[cfg(test)]
