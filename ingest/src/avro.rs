@@ -27,6 +27,7 @@ pub const EVENT_SCHEMA_V2: &str = include_str!("../../schemas/event-v2.avsc");
 pub fn schema_v1() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
+        limit_allocations();
         Schema::parse_str(EVENT_SCHEMA_V1).expect("schemas/event.avsc is valid Avro")
     })
 }
@@ -35,8 +36,22 @@ pub fn schema_v1() -> &'static Schema {
 pub fn schema_v2() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
+        limit_allocations();
         Schema::parse_str(EVENT_SCHEMA_V2).expect("schemas/event-v2.avsc is valid Avro")
     })
+}
+
+/// The most apache-avro may allocate for one length-prefixed string while decoding: Kafka's default
+/// maximum record size. A datum cannot hold a string longer than itself, so this only refuses
+/// hostile length prefixes; apache-avro's own default (512 MiB) let a 20-byte record allocate that
+/// much before finding out the bytes are not there (found by the `decode` fuzz target).
+pub const MAX_ALLOCATION_BYTES: usize = 1 << 20;
+
+/// Sets apache-avro's process-wide allocation cap to [`MAX_ALLOCATION_BYTES`]. apache-avro keeps
+/// the first value it sees, so this runs when a committed schema is first parsed: every reader in
+/// this crate, the Confluent ones included, is built with one of them as writer or reader schema.
+fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
 }
 
 /// Why a record could not be turned into an [`Event`]. The text is what lands in `dead_letters.reason`.
@@ -154,6 +169,32 @@ mod tests {
         bad.download.status = "exploded".into();
         let err = decoder.decode(&encoder.encode(&bad)).unwrap_err();
         assert!(err.to_string().contains("download.status"), "{err}");
+    }
+
+    #[test]
+    fn hostile_length_prefix_is_refused_before_allocating() {
+        // Found by the `decode` fuzz target: a generated datum whose user_id length prefix was
+        // mutated to 103,759,757. apache-avro allocated that much before reading the 122 bytes left.
+        const INPUT: &[u8] = &[
+            50, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 55, 45, 48, 48, 48, 48,
+            48, 48, 48, 50, 128, 0, 154, 254, 249, 98, 18, 117, 115, 114, 95, 51, 52, 52, 48, 48,
+            32, 109, 111, 118, 95, 116, 97, 121, 108, 111, 114, 95, 115, 119, 105, 102, 116, 46,
+            84, 97, 121, 108, 111, 114, 32, 83, 119, 105, 102, 116, 58, 32, 69, 114, 97, 115, 32,
+            84, 111, 117, 114, 18, 109, 117, 115, 105, 99, 95, 100, 111, 99, 10, 109, 117, 115,
+            105, 99, 128, 50, 10, 215, 111, 65, 12, 102, 97, 105, 108, 101, 100, 106, 154, 153,
+            137, 64, 2, 26, 110, 101, 116, 137, 147, 114, 107, 95, 101, 114, 107, 32, 80, 114, 111,
+            20, 109, 97, 99, 79, 83, 32, 49, 52, 46, 53, 16, 101, 116, 104, 101, 114, 110, 101,
+            116,
+        ];
+        let err = Decoder::new().decode(INPUT).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Avro(m) if m.contains("Unable to allocate 103759757 bytes")),
+            "{err}"
+        );
+        assert_eq!(
+            apache_avro::util::max_allocation_bytes(0),
+            MAX_ALLOCATION_BYTES
+        );
     }
 
     #[test]

@@ -836,6 +836,19 @@ mod tests {
     }
 
     #[test]
+    fn hostile_length_prefix_is_refused_on_the_resolving_path() {
+        let Ok(WriterReader::Resolving(reader)) = prepare(2, EVENT_SCHEMA_V2) else {
+            panic!("v2 is resolved against v1")
+        };
+        // event_id claims 100,000,000 bytes (zigzag varint), and nothing follows.
+        let err = decode_resolving(&reader, &[128, 132, 175, 95]).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Avro(m) if m.contains("Unable to allocate 100000000 bytes")),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn decoder_is_send() {
         fn send<T: Send>() {}
         send::<ConfluentDecoder>();

@@ -17,6 +17,7 @@ pub mod avro;
 pub mod confluent;
 pub mod event;
 pub mod generator;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod source;
 pub mod validate;
