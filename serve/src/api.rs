@@ -75,7 +75,7 @@ impl State {
             rules,
             started: Instant::now(),
             cors: cors::Cors::new(&args.cors_origins),
-            acks: ack::Acks::new(db, args.ack_token.as_ref()),
+            acks: ack::Acks::new(db, args.database_url.as_ref(), args.ack_token.as_ref()),
             http: metrics::HttpMetrics::default(),
             cache: cache::ResponseCache::default(),
             sink: None,

@@ -181,6 +181,9 @@ pub struct ApiArgs {
     /// Bearer token that `POST /api/alerts/{id}/ack` requires (with --postgres).
     #[arg(long, env = "STREAMPULSE_ACK_TOKEN", hide_env_values = true)]
     pub ack_token: Option<Secret>,
+    /// The --postgres URL, for acknowledgements; copied here by `main` so the flag is declared once.
+    #[arg(skip)]
+    pub database_url: Option<Secret>,
 }
 
 /// A string that never appears in logs or `Debug` output.

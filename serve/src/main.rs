@@ -32,7 +32,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli::Cli::parse().command {
-        cli::Command::Run(args) => pipeline::run(*args),
+        cli::Command::Run(mut args) => {
+            args.api.database_url = args.postgres.postgres.clone().map(cli::Secret);
+            pipeline::run(*args)
+        }
         cli::Command::Generate(args) => generate::run(args),
         cli::Command::Migrate(args) => {
             let url = args

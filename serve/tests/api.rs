@@ -34,6 +34,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Reads the server's stderr into `log` until the process exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -63,7 +65,7 @@ impl Server {
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        {
+        let reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -74,8 +76,8 @@ impl Server {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
+            })
+        };
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => addr,
             Err(_) => {
@@ -84,7 +86,12 @@ impl Server {
                 panic!("the server did not start:\n{}", log.lock().unwrap());
             }
         };
-        let server = Server { child, addr, log };
+        let server = Server {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        };
         server.eventually("the first events", Duration::from_secs(30), || {
             let body = server.get("/api/stats/realtime").json();
             (body["total_downloads"].as_i64()? > 0).then_some(())
@@ -119,6 +126,33 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+impl Server {
+    /// Sends `signal` (`TERM`, `INT`) and waits for the exit; returns its status and the whole log.
+    fn stop(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal}");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "still running 30 s after SIG{signal}:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader ends at EOF, once every line of the exited process is in the log.
+        self.reader.take().unwrap().join().unwrap();
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
     }
 }
 
@@ -1092,4 +1126,30 @@ fn acknowledging_alerts_in_postgres() {
     assert!(!server.log.lock().unwrap().contains(TOKEN));
     drop(server);
     drop(schema);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn signals_after_the_alert_list_exit_cleanly() {
+    for signal in ["TERM", "INT"] {
+        let schema = Schema::new();
+        let server = Server::start(&["--postgres", &postgres_url(), "--pg-schema", &schema.0]);
+        // The alert list reads acknowledged ids from PostgreSQL: from here on a session is open.
+        server.eventually(
+            "the acknowledged ids read from PostgreSQL",
+            Duration::from_secs(20),
+            || {
+                assert_eq!(server.get("/api/stats/alerts").status, 200);
+                (server.get("/health").json()["database"] == "ok").then_some(())
+            },
+        );
+        let (status, log) = server.stop(signal);
+        assert!(!log.contains("panicked"), "SIG{signal}:\n{log}");
+        assert_eq!(status.code(), Some(0), "SIG{signal}:\n{log}");
+        assert!(log.contains("shutting down"), "{log}");
+        drop(schema);
+    }
 }
