@@ -4,7 +4,8 @@
 //! ```text
 //!   POST /api/alerts/42/ack ─▶ 503 without --postgres or --ack-token
 //!   Authorization: Bearer … ─▶ 401 unless it matches (compared in constant time)
-//!   {"by": "name"} ≤ 16 KiB ─▶ 413 when larger, 400 when not that shape
+//!   more than MAX_IN_FLIGHT at once ─▶ 429
+//!   {"by": "name"} ≤ 16 KiB ─▶ 413 when larger, 400 when not that shape, 408 when too slow
 //!                           ─▶ UPDATE alerts … WHERE id = $1 RETURNING … ─▶ 404 | 200 alert
 //!
 //!   GET /api/stats/alerts ─▶ acknowledged ids, re-read at most every REFRESH ─▶ SELECT id FROM alerts WHERE acknowledged
@@ -18,7 +19,8 @@
 //! connection that failed or timed out is replaced on the next call. A slow database delays the
 //! ack call (up to [`DB_TIMEOUT`]), never the alert list: it waits at most [`REFRESH_WAIT`] and
 //! otherwise answers from the ids it already has. The first acknowledgement of an alert is kept:
-//! acknowledging it again changes nothing and returns it.
+//! acknowledging it again changes nothing and returns it. A body that has not arrived within the
+//! server's body timeout gets 408 (see `http`).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -28,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres_openssl::MakeTlsConnector;
@@ -42,6 +43,7 @@ use super::stats::iso8601;
 use super::ApiError;
 use crate::cli::Secret;
 use crate::db::Database;
+use crate::http::{BodyTimeout, RequestBody};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -51,6 +53,9 @@ const MAX_BY: usize = 200;
 const REFRESH: Duration = Duration::from_secs(2);
 /// How long an alert list waits for fresh ids before answering with the ones it has.
 const REFRESH_WAIT: Duration = Duration::from_secs(1);
+/// Acknowledgements in progress at once (reading a body or waiting for PostgreSQL); more get 429,
+/// so even a token holder cannot tie up the server's connections with slow ones.
+const MAX_IN_FLIGHT: usize = 16;
 /// How long an ack call (or a refresh of the ids) waits for PostgreSQL, connecting included.
 const DB_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a session may take (TCP, TLS, start-up), unless the URL says otherwise.
@@ -63,6 +68,7 @@ pub struct Acks {
     /// SHA-256 of the token: comparing digests takes the same time whatever the lengths.
     token: Option<[u8; 32]>,
     total: AtomicU64,
+    in_flight: tokio::sync::Semaphore,
 }
 
 struct Shared {
@@ -114,6 +120,7 @@ impl Acks {
                 .filter(|t| !t.0.is_empty())
                 .map(|t| openssl::sha::sha256(t.0.as_bytes())),
             total: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -157,7 +164,11 @@ impl Acks {
     }
 
     /// `POST /api/alerts/{id}/ack`.
-    pub async fn acknowledge(&self, id: &str, req: Request<Incoming>) -> Result<Value, ApiError> {
+    pub async fn acknowledge(
+        &self,
+        id: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Value, ApiError> {
         let Some(shared) = &self.shared else {
             return Err(unavailable(
                 "acknowledging alerts needs PostgreSQL (start with --postgres)",
@@ -176,6 +187,14 @@ impl Acks {
                 "alert id must be a non-negative integer, got {id:?}"
             ))
         })?;
+        let Ok(_in_flight) = self.in_flight.try_acquire() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("{MAX_IN_FLIGHT} acknowledgements are already in progress"),
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from_static("1")));
+        };
         let by = read_by(req.into_body()).await?;
 
         let row = match shared.acknowledge(id, by.as_deref()).await {
@@ -427,10 +446,11 @@ fn authorised(token: &[u8; 32], header: Option<&HeaderValue>) -> bool {
 }
 
 /// The optional body `{"by": "name"}`; an empty body acknowledges anonymously.
-async fn read_by(body: Incoming) -> Result<Option<String>, ApiError> {
+async fn read_by(body: RequestBody) -> Result<Option<String>, ApiError> {
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) if e.is::<BodyTimeout>() => return Err(too_slow(e.to_string())),
         Err(e) => return Err(bad_body(format!("could not read the body: {e}"))),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -462,6 +482,12 @@ pub fn too_large() -> ApiError {
         "payload_too_large",
         format!("request bodies are limited to {MAX_BODY} bytes"),
     )
+}
+
+/// The body did not arrive in time; the rest of it is not read, so the connection closes.
+fn too_slow(detail: String) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", detail)
+        .with_header(CONNECTION, HeaderValue::from_static("close"))
 }
 
 fn bad_body(detail: String) -> ApiError {
