@@ -7,7 +7,12 @@
 //!   allowed and a refused origin; cache headers; `X-Response-Time`; the ack endpoint's 503;
 //! - with PostgreSQL (`.ci/services up`, URL from STREAMPULSE_POSTGRES): acknowledging alerts in a
 //!   schema of the test's own (401, 404, 400, 413, 200, the row in the table, the alert list), then
-//!   the schema is dropped.
+//!   the schema is dropped;
+//! - the connection policy (`http`): a flood of 1,260 idle, slowloris and keep-alive connections
+//!   from one client while `/health`, `/` and the stats keep answering within 2 s, with the
+//!   server's memory growth bounded; silent, idle, slowloris and slow authorised-body connections
+//!   closed at their deadlines (shortened with hidden `--http-*-timeout` flags);
+//! - shutdown: SIGTERM and SIGINT after the alert list used PostgreSQL exit 0.
 //!
 //! One-second windows make the generator's clean traffic raise alerts within seconds.
 

@@ -547,4 +547,18 @@ mod tests {
         assert_eq!(generation, 0);
         assert_eq!(acks.database_status(), None);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_database_is_reported_and_dropped_on_the_runtime() {
+        // Port 1 refuses connections: the refresh fails at once, without a server.
+        let url = "postgres://postgres@127.0.0.1:1/streampulse";
+        let db = Database::new(url, "public").unwrap();
+        let acks = Acks::new(Some(db), Some(&Secret(url.into())), None);
+        assert_eq!(acks.database_status(), Some("configured"));
+        let (ids, _) = acks.current(Some(0)).await;
+        assert!(ids.is_empty());
+        assert_eq!(acks.database_status(), Some("unreachable"));
+        // Dropped here, on a runtime thread: nothing may block or start a runtime.
+        drop(acks);
+    }
 }
