@@ -14,7 +14,8 @@
 //! ([`cors`]), `X-Response-Time`, and a count in the HTTP metrics ([`metrics`]). The stats
 //! endpoints ([`stats`]) are serialised once per change of the view and served from [`cache`].
 //! A bad parameter is a 400 with a JSON body, an unknown path 404, a wrong method 405 (with
-//! `Allow`), a body over 16 KiB 413; every error is `{"error": code, "detail": text}`.
+//! `Allow`), a body over 16 KiB 413, a body slower than the server's body timeout 408 (`http`);
+//! every error is `{"error": code, "detail": text}`.
 
 mod ack;
 mod cache;
@@ -29,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{
     HeaderName, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
 };
@@ -39,6 +40,7 @@ use streampulse_dataflow::{Counters, Rules, View};
 
 use crate::cli::ApiArgs;
 use crate::db::Database;
+use crate::http::{ConnectionStats, Limits, RequestBody};
 
 pub use stats::{alert_id, iso8601, threshold};
 
@@ -60,6 +62,9 @@ pub struct State {
     pub high_watermarks: Option<Arc<std::sync::Mutex<std::collections::BTreeMap<u32, i64>>>>,
     /// The broker as the pipeline's probe last saw it (with a Kafka source).
     pub kafka: Option<Arc<crate::health::Link>>,
+    /// The HTTP server's connection policy (`http`), and what it counts.
+    pub http_limits: Limits,
+    pub connections: Arc<ConnectionStats>,
 }
 
 impl State {
@@ -83,6 +88,8 @@ impl State {
             sink: None,
             high_watermarks: None,
             kafka: None,
+            http_limits: args.http_limits(),
+            connections: Arc::default(),
         }
     }
 }
@@ -200,7 +207,7 @@ impl Route {
     }
 }
 
-pub async fn handle(state: &State, req: Request<Incoming>) -> Reply {
+pub async fn handle(state: &State, req: Request<RequestBody>) -> Reply {
     let started = Instant::now();
     let origin = req.headers().get(ORIGIN).cloned();
     let (label, result) = match Route::of(req.uri().path()) {
@@ -223,7 +230,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Reply {
     response
 }
 
-async fn respond(state: &State, route: Route, req: Request<Incoming>) -> Result<Reply, ApiError> {
+async fn respond(
+    state: &State,
+    route: Route,
+    req: Request<RequestBody>,
+) -> Result<Reply, ApiError> {
     if req.method() == Method::OPTIONS {
         return Ok(state
             .cors

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use streampulse_dataflow::{Config, Rules};
@@ -192,6 +193,38 @@ pub struct ApiArgs {
     /// Bearer token that `POST /api/alerts/{id}/ack` requires (with --postgres).
     #[arg(long, env = "STREAMPULSE_ACK_TOKEN", hide_env_values = true)]
     pub ack_token: Option<Secret>,
+    // The connection policy's timeouts, in seconds (`http`). Hidden: the defaults are the policy;
+    // tests shorten them so that waiting for a timeout takes seconds, not minutes.
+    #[arg(long, env = "STREAMPULSE_HTTP_HEADER_TIMEOUT", hide = true, value_parser = seconds)]
+    pub http_header_timeout: Option<Duration>,
+    #[arg(long, env = "STREAMPULSE_HTTP_BODY_TIMEOUT", hide = true, value_parser = seconds)]
+    pub http_body_timeout: Option<Duration>,
+    #[arg(long, env = "STREAMPULSE_HTTP_REQUEST_TIMEOUT", hide = true, value_parser = seconds)]
+    pub http_request_timeout: Option<Duration>,
+    #[arg(long, env = "STREAMPULSE_HTTP_IDLE_TIMEOUT", hide = true, value_parser = seconds)]
+    pub http_idle_timeout: Option<Duration>,
+}
+
+impl ApiArgs {
+    /// The connection policy: the defaults of `http`, with any timeout overridden.
+    pub fn http_limits(&self) -> crate::http::Limits {
+        let defaults = crate::http::Limits::default();
+        crate::http::Limits {
+            header: self.http_header_timeout.unwrap_or(defaults.header),
+            body: self.http_body_timeout.unwrap_or(defaults.body),
+            request: self.http_request_timeout.unwrap_or(defaults.request),
+            idle: self.http_idle_timeout.unwrap_or(defaults.idle),
+            ..defaults
+        }
+    }
+}
+
+/// A positive number of seconds, fractions allowed (`0.5`).
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("expected seconds between 0 and 86400, got {s:?}")),
+    }
 }
 
 /// A string that never appears in logs or `Debug` output.

@@ -67,6 +67,11 @@ impl Database {
         })
     }
 
+    /// The URL as given (it may hold a password: never log it; see [`Database::display`]).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The URL with any password replaced, for logs.
     pub fn display(&self) -> String {
         redact(&self.url)

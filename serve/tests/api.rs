@@ -7,7 +7,12 @@
 //!   allowed and a refused origin; cache headers; `X-Response-Time`; the ack endpoint's 503;
 //! - with PostgreSQL (`.ci/services up`, URL from STREAMPULSE_POSTGRES): acknowledging alerts in a
 //!   schema of the test's own (401, 404, 400, 413, 200, the row in the table, the alert list), then
-//!   the schema is dropped.
+//!   the schema is dropped;
+//! - the connection policy (`http`): a flood of 1,260 idle, slowloris and keep-alive connections
+//!   from one client while `/health`, `/` and the stats keep answering within 2 s, with the
+//!   server's memory growth bounded; silent, idle, slowloris and slow authorised-body connections
+//!   closed at their deadlines (shortened with hidden `--http-*-timeout` flags);
+//! - shutdown: SIGTERM and SIGINT after the alert list used PostgreSQL exit 0.
 //!
 //! One-second windows make the generator's clean traffic raise alerts within seconds.
 
@@ -34,6 +39,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Reads the server's stderr into `log` until the process exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -63,7 +70,7 @@ impl Server {
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        {
+        let reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -74,8 +81,8 @@ impl Server {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
+            })
+        };
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => addr,
             Err(_) => {
@@ -84,7 +91,12 @@ impl Server {
                 panic!("the server did not start:\n{}", log.lock().unwrap());
             }
         };
-        let server = Server { child, addr, log };
+        let server = Server {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        };
         server.eventually("the first events", Duration::from_secs(30), || {
             let body = server.get("/api/stats/realtime").json();
             (body["total_downloads"].as_i64()? > 0).then_some(())
@@ -119,6 +131,44 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+impl Server {
+    /// The server's resident memory in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server is running");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) and waits for the exit; returns its status and the whole log.
+    fn stop(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal}");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "still running 30 s after SIG{signal}:\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader ends at EOF, once every line of the exited process is in the log.
+        self.reader.take().unwrap().join().unwrap();
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
     }
 }
 
@@ -1092,4 +1142,355 @@ fn acknowledging_alerts_in_postgres() {
     assert!(!server.log.lock().unwrap().contains(TOKEN));
     drop(server);
     drop(schema);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection policy: floods, slow clients, timeouts, memory, shutdown
+// ---------------------------------------------------------------------------------------------
+
+/// Connections one flooding client opens: more than the server's 1024.
+const FLOOD: usize = 1200;
+/// How much the server's resident memory may grow while it is full of flood connections: the
+/// policy's bound (1024 connections × a 16 KiB head buffer and hyper's and tokio's state) with
+/// room for the allocator and the generator's traffic meanwhile.
+const FLOOD_RSS_GROWTH_KIB: u64 = 64 * 1024;
+
+/// Raises this process's soft limit on open files when the flood needs more (prlimit(1) on our
+/// own pid: the workspace forbids the unsafe code setrlimit needs).
+fn ensure_open_files(needed: u64) {
+    let limits = || -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let value = |v: &str| v.parse().unwrap_or(u64::MAX);
+        let mut fields = line.split_whitespace().skip(3);
+        (value(fields.next().unwrap()), value(fields.next().unwrap()))
+    };
+    let (soft, hard) = limits();
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "the hard limit on open files ({hard}) is below {needed}"
+    );
+    let _ = Command::new("prlimit")
+        .args([
+            "--pid".to_string(),
+            std::process::id().to_string(),
+            format!("--nofile={}:", hard.min(needed * 2)),
+        ])
+        .status();
+    assert!(
+        limits().0 >= needed,
+        "could not raise the open-file limit to {needed}"
+    );
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects")
+}
+
+/// Whether the server has closed `stream` (EOF or reset), after reading whatever it sent first.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Reads `stream` until the server closes it, calling `tick` about every 50 ms (to trickle
+/// bytes); returns what arrived and when the connection closed, counted from the call. Fails if
+/// it is still open after `limit`.
+fn until_closed(
+    stream: &mut TcpStream,
+    limit: Duration,
+    mut tick: impl FnMut(&mut TcpStream, Duration) -> std::io::Result<()>,
+) -> (String, Duration) {
+    let start = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(
+            start.elapsed() < limit,
+            "still open after {limit:?}; received {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        // A write into a connection the server has closed fails: closed.
+        if tick(stream, start.elapsed()).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        start.elapsed(),
+    )
+}
+
+fn no_tick(_: &mut TcpStream, _: Duration) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn metric(server: &Server, series: &str) -> f64 {
+    scrape(server).get(series).copied().unwrap_or(0.0)
+}
+
+fn closed_total(reason: &str) -> String {
+    format!("streampulse_http_connections_closed_total{{reason=\"{reason}\"}}")
+}
+
+/// Opens up to `n` connections to `addr` from several threads at once. Connection `i` of each thread is
+/// a keep-alive connection that made a request (`i % 6 == 0`), a slowloris head of 12 KiB that
+/// never ends (`1`, `2`: close to the 16 KiB cap, so the server's read buffer grows), or idle.
+fn flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    const THREADS: usize = 8;
+    let slow_head = Arc::new(format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
+        "a".repeat(12 * 1024)
+    ));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let slow_head = slow_head.clone();
+            std::thread::spawn(move || {
+                let count = n / THREADS + usize::from(t < n % THREADS);
+                // A connect the server does not take at once is given up (the flooder holds
+                // fewer), so the flood takes a second, not the minutes of SYN retries a server
+                // that stopped accepting would cost.
+                (0..count)
+                    .filter_map(|i| {
+                        let mut stream =
+                            TcpStream::connect_timeout(&addr, Duration::from_millis(250)).ok()?;
+                        // It may already have been evicted to make room for a newer one.
+                        let _ = match i % 6 {
+                            0 => stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+                            1 | 2 => stream.write_all(slow_head.as_bytes()),
+                            _ => Ok(()),
+                        };
+                        Some(stream)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn one_client_cannot_starve_the_others() {
+    ensure_open_files(FLOOD as u64 + 512);
+    let server = Server::start(&[]);
+    let before = server.rss_kib();
+
+    // One client holds more connections than the server's cap, and keeps topping them up so the
+    // server is full before every round of requests.
+    let mut held = flood(server.addr, FLOOD + 60);
+    for round in 0..5 {
+        held.extend(flood(server.addr, 24));
+        for path in ["/health", "/", "/api/stats/realtime"] {
+            // Connecting counts: a server that stopped accepting fails here.
+            let start = Instant::now();
+            let reply = server.get(path);
+            let took = start.elapsed();
+            assert_eq!(
+                reply.status,
+                200,
+                "{path} during the flood: {}",
+                reply.text()
+            );
+            assert!(
+                took < Duration::from_secs(2),
+                "round {round}: {path} took {took:?} during the flood"
+            );
+        }
+    }
+
+    assert!(
+        held.len() >= FLOOD,
+        "the flood got only {} connections",
+        held.len()
+    );
+    let during = server.rss_kib();
+    eprintln!(
+        "flood: server RSS {before} KiB before, {during} KiB with {} connections held ({} KiB more)",
+        held.len(),
+        during.saturating_sub(before)
+    );
+    assert!(
+        during.saturating_sub(before) < FLOOD_RSS_GROWTH_KIB,
+        "RSS grew from {before} KiB to {during} KiB"
+    );
+    let metrics = scrape(&server);
+    assert!(
+        metrics["streampulse_http_connections"] <= 1024.0,
+        "more connections than the cap: {}",
+        metrics["streampulse_http_connections"]
+    );
+    // The flood's connections gave way (evicted, not timed out), and the server says so.
+    let closed = held.iter_mut().map(closed_by_server).filter(|c| *c).count();
+    assert!(
+        closed >= held.len() - 1024,
+        "only {closed} of {} flood connections were closed",
+        held.len()
+    );
+    assert!(metrics[&closed_total("evicted")] >= (held.len() - 1024) as f64);
+    assert_eq!(metrics[&closed_total("idle_timeout")], 0.0);
+    drop(held);
+    server.eventually(
+        "the flood's connections released",
+        Duration::from_secs(10),
+        || (metric(&server, "streampulse_http_connections") <= 2.0).then_some(()),
+    );
+}
+
+#[test]
+fn slow_clients_time_out() {
+    let schema = Schema::new();
+    // Shortened deadlines (hidden flags), so the test waits seconds: header 1 s, body 1.5 s,
+    // idle 2 s. Each check below tells the three apart.
+    let server = Server::start(&[
+        "--postgres",
+        &postgres_url(),
+        "--pg-schema",
+        &schema.0,
+        "--ack-token",
+        TOKEN,
+        "--http-header-timeout",
+        "1",
+        "--http-body-timeout",
+        "1.5",
+        "--http-idle-timeout",
+        "2",
+    ]);
+    let within = |what: &str, took: Duration, lo: f64, hi: f64| {
+        assert!(
+            took >= Duration::from_secs_f64(lo) && took <= Duration::from_secs_f64(hi),
+            "{what}: closed after {took:?}, expected between {lo} s and {hi} s"
+        );
+    };
+
+    // A connection that never sends a byte.
+    let (_, took) = until_closed(&mut connect(server.addr), Duration::from_secs(10), no_tick);
+    within("a silent connection", took, 1.8, 4.0);
+
+    // A keep-alive connection after its answer.
+    let mut stream = connect(server.addr);
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (received, took) = until_closed(&mut stream, Duration::from_secs(10), no_tick);
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    within("an idle keep-alive connection", took, 1.8, 4.0);
+
+    // Slowloris: a header line every 200 ms never ends the head; trickling extends nothing.
+    let mut stream = connect(server.addr);
+    stream.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    let mut next = Duration::from_millis(200);
+    let (received, took) = until_closed(&mut stream, Duration::from_secs(10), |s, at| {
+        if at >= next {
+            next += Duration::from_millis(200);
+            s.write_all(b"X-Slow: 1\r\n")?;
+        }
+        Ok(())
+    });
+    assert!(!received.contains("200 OK"), "{received}");
+    within("a slowloris head", took, 0.9, 3.0);
+
+    // A slow body from the holder of the ack token: one byte a second of 100 declared.
+    let mut stream = connect(server.addr);
+    let head = format!(
+        "POST /api/alerts/1/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut next = Duration::ZERO;
+    let (received, took) = until_closed(&mut stream, Duration::from_secs(10), |s, at| {
+        if at >= next {
+            next += Duration::from_secs(1);
+            // Ignored once the server has answered: what matters is when it closes.
+            let _ = s.write_all(b" ");
+        }
+        Ok(())
+    });
+    assert!(received.starts_with("HTTP/1.1 408"), "{received}");
+    assert!(received.contains("\"request_timeout\""), "{received}");
+    within("a slow authorised body", took, 1.3, 4.0);
+
+    // Bodies nobody reads do not hold a connection: the answer comes at once and it closes.
+    for (path, auth) in [
+        ("/api/alerts/1/ack", "Bearer wrong"),
+        ("/health", "Bearer wrong"),
+    ] {
+        let method = if path == "/health" { "GET" } else { "POST" };
+        let mut stream = connect(server.addr);
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let (received, took) = until_closed(&mut stream, Duration::from_secs(10), no_tick);
+        let status = if method == "GET" { "200" } else { "401" };
+        assert!(
+            received.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {received}"
+        );
+        within(path, took, 0.0, 0.9);
+    }
+
+    // A complete request still works, and /metrics counts what was closed and why.
+    let reply = ack(&server, "1", Some(TOKEN), br#"{"by": "x"}"#);
+    reply.assert_error(404, "not_found");
+    let metrics = scrape(&server);
+    assert!(metrics[&closed_total("idle_timeout")] >= 2.0, "{metrics:?}");
+    assert!(
+        metrics[&closed_total("header_timeout")] >= 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics[&closed_total("evicted")], 0.0);
+    drop(server);
+    drop(schema);
+}
+
+#[test]
+fn signals_after_the_alert_list_exit_cleanly() {
+    for signal in ["TERM", "INT"] {
+        let schema = Schema::new();
+        let server = Server::start(&["--postgres", &postgres_url(), "--pg-schema", &schema.0]);
+        // The alert list reads acknowledged ids from PostgreSQL: from here on a session is open.
+        server.eventually(
+            "the acknowledged ids read from PostgreSQL",
+            Duration::from_secs(20),
+            || {
+                assert_eq!(server.get("/api/stats/alerts").status, 200);
+                (server.get("/health").json()["database"] == "ok").then_some(())
+            },
+        );
+        let (status, log) = server.stop(signal);
+        assert!(!log.contains("panicked"), "SIG{signal}:\n{log}");
+        assert_eq!(status.code(), Some(0), "SIG{signal}:\n{log}");
+        assert!(log.contains("shutting down"), "{log}");
+        drop(schema);
+    }
 }

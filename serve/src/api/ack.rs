@@ -4,33 +4,46 @@
 //! ```text
 //!   POST /api/alerts/42/ack ─▶ 503 without --postgres or --ack-token
 //!   Authorization: Bearer … ─▶ 401 unless it matches (compared in constant time)
-//!   {"by": "name"} ≤ 16 KiB ─▶ 413 when larger, 400 when not that shape
+//!   more than MAX_IN_FLIGHT at once ─▶ 429
+//!   {"by": "name"} ≤ 16 KiB ─▶ 413 when larger, 400 when not that shape, 408 when too slow
 //!                           ─▶ UPDATE alerts … WHERE id = $1 RETURNING … ─▶ 404 | 200 alert
 //!
 //!   GET /api/stats/alerts ─▶ acknowledged ids, re-read at most every REFRESH ─▶ SELECT id FROM alerts WHERE acknowledged
 //! ```
 //!
-//! The postgres crate blocks, so every query runs on tokio's blocking pool over one reused
-//! connection. A slow database delays the ack call (up to [`DB_TIMEOUT`]), never the alert list:
-//! it waits at most [`REFRESH_WAIT`] and otherwise answers from the ids it already has. The first
-//! acknowledgement of an alert is kept: acknowledging it again changes nothing and returns it.
+//! Queries go through one reused tokio-postgres connection, driven by a task on the API's runtime.
+//! Nothing here blocks a runtime thread, and nothing needs a runtime to be dropped: the blocking
+//! `postgres::Client` did both, and dropping the last `State` on a runtime thread at shutdown
+//! panicked ("Cannot start a runtime from within a runtime"). Connecting gives up after
+//! [`CONNECT_TIMEOUT`], PostgreSQL cancels any statement of ours after [`STATEMENT_TIMEOUT`], and a
+//! connection that failed or timed out is replaced on the next call. A slow database delays the
+//! ack call (up to [`DB_TIMEOUT`]), never the alert list: it waits at most [`REFRESH_WAIT`] and
+//! otherwise answers from the ids it already has. The first acknowledgement of an alert is kept:
+//! acknowledging it again changes nothing and returns it. A body that has not arrived within the
+//! server's body timeout gets 408 (see `http`).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
-use postgres::Client;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
 use serde_json::{json, Value};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, Socket};
 
 use super::stats::iso8601;
 use super::ApiError;
 use crate::cli::Secret;
 use crate::db::Database;
+use crate::http::{BodyTimeout, RequestBody};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -40,21 +53,41 @@ const MAX_BY: usize = 200;
 const REFRESH: Duration = Duration::from_secs(2);
 /// How long an alert list waits for fresh ids before answering with the ones it has.
 const REFRESH_WAIT: Duration = Duration::from_secs(1);
-/// How long an ack call waits for PostgreSQL.
+/// Acknowledgements in progress at once (reading a body or waiting for PostgreSQL); more get 429,
+/// so even a token holder cannot tie up the server's connections with slow ones.
+const MAX_IN_FLIGHT: usize = 16;
+/// How long an ack call (or a refresh of the ids) waits for PostgreSQL, connecting included.
 const DB_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a session may take (TCP, TLS, start-up), unless the URL says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL cancels any statement of ours that runs longer.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Acks {
     shared: Option<Arc<Shared>>,
     /// SHA-256 of the token: comparing digests takes the same time whatever the lengths.
     token: Option<[u8; 32]>,
     total: AtomicU64,
+    in_flight: tokio::sync::Semaphore,
 }
 
 struct Shared {
-    db: Database,
-    client: Mutex<Option<Client>>,
+    target: Result<Target, String>,
+    /// The session, shared by concurrent queries (tokio-postgres pipelines them); the lock is held
+    /// while connecting, so concurrent callers wait for one new session instead of opening many.
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
     known: Mutex<Known>,
     refreshing: AtomicBool,
+}
+
+/// Where acknowledgements are stored: the sink's database and schema (`db::Database`), reached
+/// with tokio-postgres. TLS follows `db::Database::connect`: `sslmode=require` encrypts without
+/// verifying the server's certificate, a URL with `sslmode=verify…` verifies it.
+struct Target {
+    config: Config,
+    verify: bool,
+    schema: String,
+    display: String,
 }
 
 #[derive(Default)]
@@ -71,9 +104,10 @@ impl Acks {
     pub fn new(db: Option<Database>, token: Option<&Secret>) -> Acks {
         Acks {
             shared: db.map(|db| {
+                let target = Target::new(&db, db.url()).map_err(|e| format!("{e:#}"));
                 Arc::new(Shared {
-                    db,
-                    client: Mutex::new(None),
+                    target,
+                    client: tokio::sync::Mutex::new(None),
                     known: Mutex::new(Known::default()),
                     refreshing: AtomicBool::new(false),
                 })
@@ -82,21 +116,12 @@ impl Acks {
                 .filter(|t| !t.0.is_empty())
                 .map(|t| openssl::sha::sha256(t.0.as_bytes())),
             total: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
     pub fn acknowledged_total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
-    }
-
-    /// For `/health`: `null` without PostgreSQL, else how the last query went.
-    pub fn database_status(&self) -> Option<&'static str> {
-        let shared = self.shared.as_ref()?;
-        Some(match shared.known.lock().expect("acks lock").healthy {
-            None => "configured",
-            Some(true) => "ok",
-            Some(false) => "unreachable",
-        })
     }
 
     /// The acknowledged ids among alerts of windows starting at `since_ms` or later, and their
@@ -113,8 +138,10 @@ impl Acks {
             .is_none_or(|at| at.elapsed() >= REFRESH);
         if let Some(since_ms) = since_ms.filter(|_| stale) {
             if !shared.refreshing.swap(true, Ordering::AcqRel) {
+                // A task of its own, so a slow refresh finishes for the next poll after this one
+                // stopped waiting.
                 let task = shared.clone();
-                let refresh = tokio::task::spawn_blocking(move || task.refresh(since_ms));
+                let refresh = tokio::spawn(async move { task.refresh(since_ms).await });
                 let _ = tokio::time::timeout(REFRESH_WAIT, refresh).await;
             }
         }
@@ -123,7 +150,11 @@ impl Acks {
     }
 
     /// `POST /api/alerts/{id}/ack`.
-    pub async fn acknowledge(&self, id: &str, req: Request<Incoming>) -> Result<Value, ApiError> {
+    pub async fn acknowledge(
+        &self,
+        id: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Value, ApiError> {
         let Some(shared) = &self.shared else {
             return Err(unavailable(
                 "acknowledging alerts needs PostgreSQL (start with --postgres)",
@@ -142,19 +173,27 @@ impl Acks {
                 "alert id must be a non-negative integer, got {id:?}"
             ))
         })?;
+        let Ok(_in_flight) = self.in_flight.try_acquire() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("{MAX_IN_FLIGHT} acknowledgements are already in progress"),
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from_static("1")));
+        };
         let by = read_by(req.into_body()).await?;
 
-        let task = shared.clone();
-        let update = tokio::task::spawn_blocking(move || task.acknowledge(id, by.as_deref()));
-        let row = match tokio::time::timeout(DB_TIMEOUT, update).await {
-            Ok(Ok(Ok(row))) => row,
-            Ok(Ok(Err(e))) => {
+        let row = match shared.acknowledge(id, by.as_deref()).await {
+            Ok(row) => row,
+            Err(DbError::TimedOut) => {
+                return Err(unavailable("the database did not answer in time"))
+            }
+            Err(DbError::Failed(e)) => {
                 log::warn!("acknowledging alert {id}: {e:#}");
                 return Err(unavailable(
                     "the database could not be reached or refused the update",
                 ));
             }
-            Ok(Err(_)) | Err(_) => return Err(unavailable("the database did not answer in time")),
         };
         let Some(alert) = row else {
             return Err(ApiError::new(
@@ -173,31 +212,143 @@ impl Acks {
     }
 }
 
-impl Shared {
-    /// Runs `query` on the shared connection, connecting first if needed; a failed query drops the
-    /// connection so the next call starts afresh.
-    fn with_client<T>(
-        &self,
-        query: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
-    ) -> anyhow::Result<T> {
-        let mut slot = self.client.lock().expect("client lock");
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.db.connect()?);
+/// Why a query did not return.
+enum DbError {
+    TimedOut,
+    Failed(anyhow::Error),
+}
+
+impl Target {
+    fn new(db: &Database, url: &str) -> anyhow::Result<Target> {
+        let mut config: Config = url
+            .parse()
+            .with_context(|| format!("invalid PostgreSQL URL {}", db.display()))?;
+        if config.get_application_name().is_none() {
+            // As `db::Database`: operators find our sessions in pg_stat_activity.
+            config.application_name("streampulse");
         }
-        let result = query(slot.as_mut().expect("connected just above"));
-        if result.is_err() {
-            *slot = None;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
         }
-        Ok(result?)
+        Ok(Target {
+            config,
+            verify: url.contains("sslmode=verify"),
+            schema: db.schema.clone(),
+            display: db.display(),
+        })
     }
 
-    fn refresh(&self, since_ms: i64) {
-        let result = self.with_client(|c| {
-            c.query(
-                "SELECT id FROM alerts WHERE acknowledged AND window_start >= to_timestamp($1::float8 / 1000)",
-                &[&(since_ms as f64)],
-            )
+    /// Opens a session with `search_path` and `statement_timeout` set; its connection is driven
+    /// by a task that ends when the client is dropped or the server goes away.
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let client = if self.config.get_ssl_mode() == SslMode::Disable {
+            self.start(NoTls).await
+        } else {
+            let mut builder = SslConnector::builder(SslMethod::tls())?;
+            if !self.verify {
+                builder.set_verify(SslVerifyMode::NONE);
+            }
+            let mut tls = MakeTlsConnector::new(builder.build());
+            if !self.verify {
+                tls.set_callback(|config, _| {
+                    config.set_verify_hostname(false);
+                    Ok(())
+                });
+            }
+            self.start(tls).await
+        }
+        .with_context(|| format!("connecting to {}", self.display))?;
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {}; SET statement_timeout = {}",
+                self.schema,
+                STATEMENT_TIMEOUT.as_millis()
+            ))
+            .await?;
+        Ok(client)
+    }
+
+    async fn start<T>(&self, tls: T) -> Result<Client, tokio_postgres::Error>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = self.config.connect(tls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("acknowledgements' PostgreSQL session ended: {e}");
+            }
         });
+        Ok(client)
+    }
+}
+
+impl Shared {
+    fn display(&self) -> &str {
+        match &self.target {
+            Ok(target) => &target.display,
+            Err(_) => "PostgreSQL",
+        }
+    }
+
+    /// The open session, or a new one.
+    async fn client(&self) -> anyhow::Result<Arc<Client>> {
+        let target = self.target.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        *slot = None;
+        let client = Arc::new(target.connect().await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `query` on the shared session within [`DB_TIMEOUT`] (connecting counts); a failed or
+    /// late query drops the session, so the next call starts afresh.
+    async fn with_client<T, F>(&self, query: impl FnOnce(Arc<Client>) -> F) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let used = Mutex::new(None::<Arc<Client>>);
+        let attempt = async {
+            let client = self.client().await?;
+            *used.lock().expect("used lock") = Some(client.clone());
+            Ok::<_, anyhow::Error>(query(client).await?)
+        };
+        let result = match tokio::time::timeout(DB_TIMEOUT, attempt).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => DbError::Failed(e),
+            Err(_) => DbError::TimedOut,
+        };
+        let used = used.lock().expect("used lock").take();
+        if let Some(used) = used {
+            let mut slot = self.client.lock().await;
+            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &used)) {
+                *slot = None;
+            }
+        }
+        Err(result)
+    }
+
+    async fn refresh(&self, since_ms: i64) {
+        // Cleared however this ends, so a cancelled refresh cannot stop all later ones.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.refreshing);
+        let result = self
+            .with_client(|c| async move {
+                c.query(
+                    "SELECT id FROM alerts WHERE acknowledged AND window_start >= to_timestamp($1::float8 / 1000)",
+                    &[&(since_ms as f64)],
+                )
+                .await
+            })
+            .await;
         let mut known = self.known.lock().expect("acks lock");
         match result {
             Ok(rows) => {
@@ -210,25 +361,26 @@ impl Shared {
             }
             Err(e) => {
                 if known.healthy != Some(false) {
-                    log::warn!(
-                        "reading acknowledged alerts from {}: {e:#}",
-                        self.db.display()
-                    );
+                    let e = match e {
+                        DbError::TimedOut => anyhow::anyhow!("no answer within {DB_TIMEOUT:?}"),
+                        DbError::Failed(e) => e,
+                    };
+                    log::warn!("reading acknowledged alerts from {}: {e:#}", self.display());
                 }
                 known.healthy = Some(false);
             }
         }
         // A failure also waits for the next refresh, so a down database is not asked on every poll.
         known.fetched = Some(Instant::now());
-        self.refreshing.store(false, Ordering::Release);
     }
 
-    fn acknowledge(&self, id: i64, by: Option<&str>) -> anyhow::Result<Option<Value>> {
+    async fn acknowledge(&self, id: i64, by: Option<&str>) -> Result<Option<Value>, DbError> {
         // Every SET expression sees the row as it was, so a second acknowledgement keeps the first
         // one's time and name.
-        let row = self.with_client(|c| {
-            c.query_opt(
-                "UPDATE alerts SET acknowledged = true,
+        let row = self
+            .with_client(|c| async move {
+                c.query_opt(
+                    "UPDATE alerts SET acknowledged = true,
                      acknowledged_at = CASE WHEN acknowledged THEN acknowledged_at ELSE now() END,
                      acknowledged_by = CASE WHEN acknowledged THEN acknowledged_by ELSE $2 END
                  WHERE id = $1
@@ -237,9 +389,11 @@ impl Shared {
                      (extract(epoch FROM window_end) * 1000)::bigint,
                      (extract(epoch FROM raised_at) * 1000)::bigint, is_final, acknowledged,
                      (extract(epoch FROM acknowledged_at) * 1000)::bigint, acknowledged_by",
-                &[&id, &by],
-            )
-        })?;
+                    &[&id, &by],
+                )
+                .await
+            })
+            .await?;
         Ok(row.map(|r| {
             let window_start: i64 = r.get(8);
             json!({
@@ -278,10 +432,11 @@ fn authorised(token: &[u8; 32], header: Option<&HeaderValue>) -> bool {
 }
 
 /// The optional body `{"by": "name"}`; an empty body acknowledges anonymously.
-async fn read_by(body: Incoming) -> Result<Option<String>, ApiError> {
+async fn read_by(body: RequestBody) -> Result<Option<String>, ApiError> {
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) if e.is::<BodyTimeout>() => return Err(too_slow(e.to_string())),
         Err(e) => return Err(bad_body(format!("could not read the body: {e}"))),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -313,6 +468,12 @@ pub fn too_large() -> ApiError {
         "payload_too_large",
         format!("request bodies are limited to {MAX_BODY} bytes"),
     )
+}
+
+/// The body did not arrive in time; the rest of it is not read, so the connection closes.
+fn too_slow(detail: String) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", detail)
+        .with_header(CONNECTION, HeaderValue::from_static("close"))
 }
 
 fn bad_body(detail: String) -> ApiError {
@@ -370,6 +531,21 @@ mod tests {
         let (ids, generation) = acks.current(Some(0)).await;
         assert!(ids.is_empty());
         assert_eq!(generation, 0);
-        assert_eq!(acks.database_status(), None);
+        assert!(acks.shared.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_database_is_reported_and_dropped_on_the_runtime() {
+        // Port 1 refuses connections: the refresh fails at once, without a server.
+        let url = "postgres://postgres@127.0.0.1:1/streampulse";
+        let db = Database::new(url, "public").unwrap();
+        let acks = Acks::new(Some(db), None);
+        let healthy = |acks: &Acks| acks.shared.as_ref().unwrap().known.lock().unwrap().healthy;
+        assert_eq!(healthy(&acks), None);
+        let (ids, _) = acks.current(Some(0)).await;
+        assert!(ids.is_empty());
+        assert_eq!(healthy(&acks), Some(false));
+        // Dropped here, on a runtime thread: nothing may block or start a runtime.
+        drop(acks);
     }
 }

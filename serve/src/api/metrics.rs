@@ -224,6 +224,26 @@ pub fn render(state: &State) -> String {
         );
     }
 
+    family(
+        &mut out,
+        "streampulse_http_connections",
+        "gauge",
+        "HTTP connections open (see the connection policy in the README).",
+        one(state.connections.open()),
+    );
+    family(
+        &mut out,
+        "streampulse_http_connections_closed_total",
+        "counter",
+        "HTTP connections the server closed or turned away, by reason.",
+        crate::http::Closed::ALL.map(|reason| {
+            (
+                format!("{{reason=\"{}\"}}", reason.label()),
+                state.connections.closed(reason),
+            )
+        }),
+    );
+
     let routes = state.http.routes.lock().expect("metrics lock");
     family(
         &mut out,
