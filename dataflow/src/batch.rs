@@ -108,6 +108,8 @@ pub fn combine<'a>(
 #[derive(Default)]
 pub struct Ledger {
     windows: BTreeMap<Window, FxHashMap<Key, Aggregate>>,
+    /// Every window ending at or before this has been let go.
+    expired_through: Option<i64>,
 }
 
 impl Ledger {
@@ -121,22 +123,37 @@ impl Ledger {
         }
     }
 
-    /// Removes every window that ends at or before `horizon` and returns the updates that retract
-    /// what was fed for them.
-    pub fn expire(&mut self, horizon: i64, window_ms: i64) -> Vec<(WindowKey, Aggregate)> {
-        let mut retractions = Vec::new();
+    /// Removes every window that ends at or before `horizon` and returns, per window, the updates
+    /// that retract what was fed for it.
+    pub fn expire(
+        &mut self,
+        horizon: i64,
+        window_ms: i64,
+    ) -> Vec<(Window, Vec<(WindowKey, Aggregate)>)> {
+        let mut expired = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
             if entry.key().end(window_ms) > horizon {
                 break;
             }
             let window = *entry.key();
-            for (key, agg) in entry.remove() {
-                if !agg.is_zero() {
-                    retractions.push((WindowKey { window, key }, agg.negated()));
-                }
-            }
+            let retractions = entry
+                .remove()
+                .into_iter()
+                .filter(|(_, agg)| !agg.is_zero())
+                .map(|(key, agg)| (WindowKey { window, key }, agg.negated()))
+                .collect();
+            expired.push((window, retractions));
         }
-        retractions
+        if self.expired_through.is_none_or(|t| t < horizon) {
+            self.expired_through = Some(horizon);
+        }
+        expired
+    }
+
+    /// Whether `window` was let go (or would have been, had it held anything).
+    pub fn has_expired(&self, window: Window, window_ms: i64) -> bool {
+        self.expired_through
+            .is_some_and(|t| window.end(window_ms) <= t)
     }
 
     /// How many windows the ledger holds (bounded by the retention).
@@ -195,17 +212,23 @@ mod tests {
         ledger.add(&row(0), &one);
         ledger.add(&row(60_000), &one);
         assert!(ledger.expire(59_999, 60_000).is_empty());
+        assert!(!ledger.has_expired(Window(0), 60_000));
         let gone = ledger.expire(60_000, 60_000);
         assert_eq!(
             gone,
             vec![(
-                row(0),
-                Aggregate {
-                    downloads: -2,
-                    ..Default::default()
-                }
+                Window(0),
+                vec![(
+                    row(0),
+                    Aggregate {
+                        downloads: -2,
+                        ..Default::default()
+                    }
+                )]
             )]
         );
         assert_eq!(ledger.windows(), 1);
+        assert!(ledger.has_expired(Window(0), 60_000));
+        assert!(!ledger.has_expired(Window(60_000), 60_000));
     }
 }

@@ -21,8 +21,6 @@ use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
 use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect};
 use timely::dataflow::InputHandleVec;
@@ -31,7 +29,7 @@ use timely::worker::Worker;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::config::Config;
-use crate::driver::Mark;
+use crate::marks::Mark;
 use crate::rules::{Alert, Rule, Severity};
 use crate::window::{Time, Window};
 use streampulse_ingest::DeadLetter;
@@ -80,6 +78,9 @@ pub enum Side {
     /// Sums for a window already retracted from memory (past retention; only a partition that was
     /// idle can deliver them): the sink adds them to the stored row.
     Stat { row: WindowKey, agg: Aggregate },
+    /// A worker let the window go (past retention): its retractions share this record's epoch,
+    /// and the stored rows of the window stay as they are.
+    Expired(Window),
     /// A sampled raw event, for debugging (the `event_log` table).
     Sample(Sample),
 }
@@ -117,6 +118,17 @@ pub enum Change {
     Side { row: Side, time: Time, diff: isize },
 }
 
+impl Change {
+    /// The epoch of the change.
+    pub fn time(&self) -> Time {
+        match self {
+            Change::Stat { time, .. }
+            | Change::Derived { time, .. }
+            | Change::Side { time, .. } => *time,
+        }
+    }
+}
+
 /// The handles a driver needs: where to feed, how far the output is, and what came out.
 pub struct Dataflow {
     pub input: InputSession<Time, WindowKey, Aggregate>,
@@ -127,23 +139,18 @@ pub struct Dataflow {
 }
 
 /// Builds the small dataflow through which workers tell each other their [`Mark`]s: every mark
-/// sent by any worker of the cluster reaches every worker's map (the latest per worker wins).
-pub fn build_marks(
-    worker: &mut Worker,
-) -> (
-    InputHandleVec<u64, Mark>,
-    Rc<RefCell<BTreeMap<usize, Mark>>>,
-) {
-    let seen = Rc::new(RefCell::new(BTreeMap::new()));
-    let shared = seen.clone();
+/// sent by any worker of the cluster, in this process or another, lands in every worker's queue.
+pub fn build_marks(worker: &mut Worker) -> (InputHandleVec<u64, Mark>, Rc<RefCell<Vec<Mark>>>) {
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let queue = received.clone();
     let input = worker.dataflow::<u64, _, _>(|scope| {
         let (input, marks) = scope.new_input::<Mark>();
         marks.broadcast().inspect(move |mark: &Mark| {
-            shared.borrow_mut().insert(mark.worker, *mark);
+            queue.borrow_mut().push(*mark);
         });
         input
     });
-    (input, seen)
+    (input, received)
 }
 
 /// Builds the computation of SPEC §4–§5 in `worker`.

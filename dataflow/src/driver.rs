@@ -1,32 +1,32 @@
 //! Driving the dataflow: the worker loop, and [`execute`] which runs it on timely workers.
 //!
 //! ```text
-//!   Source ──poll──▶ combine (lateness, pre-combine) ──▶ input at time = watermark
-//!                                                           │ advance to the new watermark
-//!   ledger ──expire (frontier − retain)──▶ retractions ─────┘
-//!   step the worker; worker 0 sends Update { changes, frontier } to the caller's channel
+//!   Source ──poll──▶ combine (lateness, pre-combine) ──▶ input at the current epoch; advance to the
+//!                        │                                  next epoch (the wall clock)
+//!                        └─ Clock ──Mark──▶ every worker ──▶ global watermark (`marks`)
+//!   ledger ──expire (watermark − retain)──▶ retractions + Side::Expired
+//!   step the worker; worker 0 sends Update { changes, frontier, watermark } to the caller's channel
 //! ```
 //!
-//! Restored state (from PostgreSQL) enters once, at time 0, before any new data.
+//! Restored state (from PostgreSQL) enters once, at epoch 0, before any new data. One epoch per
+//! batch keeps differential's work proportional to touched rows, not to events.
 //!
-//! One input time per batch keeps differential's work proportional to touched rows, not to events.
+//! Progress and completeness are separate (see [`crate::window`]): every worker advances its epoch
+//! with the wall clock, so batches complete and the sink commits as fast as the data flows, even
+//! while a partition is silent or far behind in event time; which windows are final is decided by
+//! the global watermark alone.
 //!
-//! Idleness. A worker whose partitions are all silent past the idle timeout must not hold the
-//! frontier back, yet it keeps an input capability (its partitions may speak again). Every worker
-//! broadcasts a [`Mark`] (its input time, and whether it is idle) to every worker of the cluster, in
-//! this process or another, through a small timely dataflow of its own; an idle worker advances its
-//! input to the lowest time of the active ones, so the frontier is theirs alone. When its partitions
-//! speak again, their records are fed at its current time: on time by the per-partition rule, they
-//! are applied, even to windows the frontier has already passed (those windows are *revised*; see
-//! [`crate::view`] and the sink). Idleness thus changes when results appear, never what they are.
-//! Records for windows already retracted from memory (past `--retain`) go to the sink as side
-//! records ([`Side::Stat`]) instead, so the stored sums still count them.
+//! Idleness. A partition silent past the idle timeout stops holding the watermark back (its worker
+//! says so in its [`Mark`]). When it speaks again, its records are applied: on time by the
+//! per-partition rule, they count, even in windows already reported final (those windows are
+//! *revised*; see [`crate::view`] and the sink). Idleness changes when results appear, never what
+//! they are. Records for windows this worker has already let go of (past `--retain`) go to the sink
+//! as side records ([`Side::Stat`]), so the stored sums still count them.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::BTreeMap;
 
 use crossbeam_channel::Sender;
 use streampulse_ingest::{DeadLetter, Poll, Record, Source};
@@ -36,14 +36,17 @@ use crate::aggregate::{Aggregate, WindowKey};
 use crate::batch::{combine, Ledger};
 use crate::build::{build, build_marks, Change, Sample, Side};
 use crate::config::Config;
-use crate::window::{time_of, watermark_of, Clock, Time, TICKS_PER_MS};
+use crate::marks::{Mark, Marks};
+use crate::window::{epoch_now, Clock, Time};
 
-/// What worker 0 reports after a step: the new changes and the dataflow's frontier (the global
-/// watermark; `None` once every input is closed and everything is final).
+/// What worker 0 reports: new changes, the dataflow's frontier (the epoch before which every change
+/// has been reported; `None` once every input is closed and everything is final), and the global
+/// watermark the output is complete up to (windows ending at or before it are final).
 #[derive(Clone, Debug)]
 pub struct Update {
     pub changes: Vec<Change>,
     pub frontier: Option<Time>,
+    pub watermark: Option<i64>,
 }
 
 /// Counters shared by all workers, read by the status line and the metrics.
@@ -89,7 +92,7 @@ pub struct Resume {
     pub rows: Vec<(WindowKey, Aggregate)>,
     /// Newest timestamp per partition, so lateness is judged as if the run had never stopped.
     pub max_ts: BTreeMap<u32, i64>,
-    /// The stored watermark: new data are fed at or after it.
+    /// The stored watermark: windows ending at or before it were already reported final.
     pub watermark_ms: Option<i64>,
 }
 
@@ -106,10 +109,11 @@ pub fn run_worker(
     counters: &Counters,
 ) {
     let dataflow = build(worker, config);
-    let (marks_input, marks) = build_marks(worker);
+    let (marks_input, received) = build_marks(worker);
     let mut marks_input = Some(marks_input);
+    let mut marks = Marks::new(worker.peers());
     let mut round = 0u64;
-    let mut last_mark: Option<Mark> = None;
+    let mut last_claim: Option<(Option<i64>, bool)> = None;
     let probe = dataflow.probe;
     let buffer = dataflow.output;
     let mut inputs = Some((dataflow.input, dataflow.side));
@@ -124,21 +128,19 @@ pub fn run_worker(
         }
     }
     let mut ledger = Ledger::default();
-    if let Some((input, _)) = inputs.as_mut() {
+    if let Some((input, side)) = inputs.as_mut() {
         if worker.index() == 0 {
             for (row, agg) in &resume.rows {
                 ledger.add(row, agg);
                 input.update(row.clone(), *agg);
             }
         }
-    }
-    if let Some((input, side)) = inputs.as_mut() {
-        let first = time_of(resume.watermark_ms.unwrap_or(0));
+        let first = epoch_now();
         input.advance_to(first);
         side.advance_to(first);
     }
     if partitions.is_empty() {
-        // A worker without partitions must not hold back the watermark.
+        // A worker without partitions holds nothing back.
         inputs = None;
     }
     let mut ledger_windows = 0u64;
@@ -146,8 +148,7 @@ pub fn run_worker(
     let mut dead: Vec<DeadLetter> = Vec::new();
     let mut updates = Vec::new();
     let mut last_fed: Option<Time> = None;
-    let mut unflushed = false;
-    let mut last_frontier: Option<Option<Time>> = None;
+    let mut sent = Sent::default();
     let mut read = 0u64;
 
     loop {
@@ -165,8 +166,8 @@ pub fn run_worker(
             };
             read += (records.len() + dead.len()) as u64;
             let now = Instant::now();
-            if !records.is_empty() || !dead.is_empty() {
-                let fed_at = *input.time();
+            let fed = !records.is_empty() || !dead.is_empty();
+            if fed {
                 let late = combine(&records, &mut clock, config.window_ms, now, &mut updates);
                 counters
                     .events
@@ -176,13 +177,10 @@ pub fn run_worker(
                     .dead_letters
                     .fetch_add(dead.len() as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
-                // Windows already retracted from memory (past retention) are not fed again: their
-                // sums go straight to the sink.
-                let horizon = probe
-                    .with_frontier(|f| f.first().copied())
-                    .map(|frontier| watermark_of(frontier) - config.retain_ms);
                 for (row, agg) in updates.drain(..) {
-                    if horizon.is_some_and(|h| row.window.end(config.window_ms) <= h) {
+                    // A window this worker has let go of (past retention; only a partition that
+                    // was idle can still deliver to it) is not fed again: its sums go to the sink.
+                    if ledger.has_expired(row.window, config.window_ms) {
                         side.update(Side::Stat { row, agg }, 1);
                         continue;
                     }
@@ -208,52 +206,38 @@ pub fn run_worker(
                     side.update(Side::DeadLetter(letter), 1);
                 }
                 records.clear();
-                last_fed = Some(fed_at);
-                unflushed = true;
+                last_fed = Some(*input.time());
             }
-            let mut next = *input.time();
-            let watermark = clock.watermark(now);
-            if let Some(watermark) = watermark {
-                next = next.max(time_of(watermark));
-            }
-            // An idle worker follows the active workers of the whole cluster (see the module docs).
-            let idle = clock.all_idle(now);
-            if idle {
-                if let Some(lowest) = lowest_active(&marks.borrow(), worker.index()) {
-                    next = next.max(lowest);
-                }
-            }
-            if next == *input.time() && unflushed && poll != Poll::Ready {
-                // Nothing more to read and the watermark stands still: step to the next tick so the
-                // batch just fed completes. Within a millisecond of the worker's own watermark
-                // this claims no later watermark; a worker that runs ahead of its own watermark
-                // (it followed others while idle) already claims more, and ticks on freely.
-                let ahead = watermark.is_none_or(|w| time_of(w) < next);
-                if ahead || (next + 1) % TICKS_PER_MS != 0 {
-                    next += 1;
-                }
-            }
+            // The next epoch: the wall clock, and past a batch just fed. Advancing even when idle
+            // keeps the frontier, and the sink's commits, moving for every other worker.
+            let next = epoch_now().max(*input.time() + fed as Time);
             if next > *input.time() {
                 input.advance_to(next);
                 side.advance_to(next);
-                unflushed = false;
             }
-            let mark = Mark {
-                worker: worker.index(),
-                time: next,
-                idle,
-            };
-            if let Some(handle) = marks_input.as_mut().filter(|_| last_mark != Some(mark)) {
-                last_mark = Some(mark);
-                handle.send(mark);
+            // Tell every worker what this one can now claim (see `marks`).
+            let claim = (clock.watermark(now), clock.all_idle(now));
+            if let Some(handle) = marks_input.as_mut().filter(|_| last_claim != Some(claim)) {
+                last_claim = Some(claim);
+                handle.send(Mark {
+                    worker: worker.index(),
+                    epoch: next,
+                    watermark: claim.0,
+                    idle: claim.1,
+                });
                 round += 1;
                 handle.advance_to(round);
             }
-            // The frontier is the global watermark: windows that ended `retain` before it go.
-            if let Some(frontier) = probe.with_frontier(|f| f.first().copied()) {
-                let horizon = watermark_of(frontier) - config.retain_ms;
-                for (row, agg) in ledger.expire(horizon, config.window_ms) {
-                    input.update(row, agg);
+            // Windows that ended `retain` before the global watermark leave memory; the sink is
+            // told which (Side::Expired, at the same epoch), so it keeps their stored rows.
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            if let Some(watermark) = frontier.and_then(|f| marks.final_watermark(f)) {
+                let horizon = watermark - config.retain_ms;
+                for (window, retractions) in ledger.expire(horizon, config.window_ms) {
+                    for (row, agg) in retractions {
+                        input.update(row, agg);
+                    }
+                    side.update(Side::Expired(window), 1);
                 }
             }
             let windows = ledger.windows() as u64;
@@ -269,10 +253,11 @@ pub fn run_worker(
         }
         if inputs.is_none() {
             if let Some(mut handle) = marks_input.take() {
-                // A closed input holds nothing back: nobody should follow this worker any more.
+                // A closed input holds nothing back.
                 handle.send(Mark {
                     worker: worker.index(),
-                    time: Time::MAX,
+                    epoch: epoch_now(),
+                    watermark: None,
                     idle: true,
                 });
             }
@@ -298,25 +283,23 @@ pub fn run_worker(
                 worker.step_or_park(Some(park));
             }
         }
+        for mark in received.borrow_mut().drain(..) {
+            marks.receive(mark);
+        }
 
         if let Some(tx) = output {
             let frontier = probe.with_frontier(|f| f.first().copied());
+            let watermark = match frontier {
+                Some(f) => marks.final_watermark(f),
+                None => None,
+            };
             let changes = std::mem::take(&mut *buffer.borrow_mut());
-            if !changes.is_empty() || last_frontier != Some(frontier) {
-                last_frontier = Some(frontier);
+            if let Some(update) = sent.next(changes, frontier, watermark) {
                 // A closed receiver means nobody listens any more; keep running to finish cleanly.
-                let _ = tx.send(Update { changes, frontier });
+                let _ = tx.send(update);
             }
         }
         if inputs.is_none() && probe.done() && buffer.borrow().is_empty() {
-            if let Some(tx) = output {
-                if last_frontier != Some(None) {
-                    let _ = tx.send(Update {
-                        changes: Vec::new(),
-                        frontier: None,
-                    });
-                }
-            }
             break;
         }
     }
@@ -325,22 +308,49 @@ pub fn run_worker(
         .fetch_sub(ledger_windows, Ordering::Relaxed);
 }
 
-/// What a worker tells every worker of the cluster: the time its input stands at, and whether all
-/// its partitions are idle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Mark {
-    pub worker: usize,
-    pub time: Time,
-    pub idle: bool,
+/// What worker 0 has sent to the caller, so that it sends an [`Update`] only when there is news:
+/// changes, a new watermark, the end of the input, or a frontier that completes changes already sent.
+#[derive(Default)]
+struct Sent {
+    /// The frontier last sent (`None`: nothing sent yet).
+    frontier: Option<Option<Time>>,
+    watermark: Option<i64>,
+    /// The newest epoch among the changes sent so far.
+    newest: Option<Time>,
 }
 
-/// The lowest input time among the workers other than `me` that are not idle, if any.
-fn lowest_active(marks: &BTreeMap<usize, Mark>, me: usize) -> Option<Time> {
-    marks
-        .values()
-        .filter(|m| m.worker != me && !m.idle)
-        .map(|m| m.time)
-        .min()
+impl Sent {
+    fn next(
+        &mut self,
+        changes: Vec<Change>,
+        frontier: Option<Time>,
+        watermark: Option<i64>,
+    ) -> Option<Update> {
+        // Changes the receiver cannot yet know complete: at or past the frontier it last got.
+        let open = match (self.newest, self.frontier) {
+            (None, _) | (_, Some(None)) => false,
+            (Some(_), None) => true,
+            (Some(newest), Some(Some(f))) => newest >= f,
+        };
+        let moved = self.frontier != Some(frontier);
+        let news = !changes.is_empty()
+            || watermark != self.watermark
+            || (moved && (open || frontier.is_none() || self.frontier.is_none()));
+        if !news {
+            return None;
+        }
+        for change in &changes {
+            let time = change.time();
+            self.newest = Some(self.newest.map_or(time, |n| n.max(time)));
+        }
+        self.frontier = Some(frontier);
+        self.watermark = watermark;
+        Some(Update {
+            changes,
+            frontier,
+            watermark,
+        })
+    }
 }
 
 /// The resume position of every partition touched by a batch: one past its last offset.

@@ -5,14 +5,16 @@
 //!   (partition,  lateness per        stats: (Window, Key) with an            (stat deltas,
 //!    offset,     partition, then     Aggregate as the diff                    derived rows,
 //!    event)      pre-combined sums   derived: top-K, unique content,          side records,
-//!                one time per batch  alerts, as ±1 rows                       frontier)
-//!                                    side: positions, dead letters, samples
+//!                one epoch per batch alerts, as ±1 rows                       frontier,
+//!                                    side: positions, dead letters, samples   watermark)
 //! ```
 //!
-//! State restored from PostgreSQL enters at time 0 ([`RESTORE_TIME`]); new data start after it.
+//! State restored from PostgreSQL enters at epoch 0 ([`RESTORE_TIME`]); new data start after it.
 //!
-//! - [`window`] owns time: [`Window`], the watermark encoded as the timely time, [`Clock`] (per-partition
+//! - [`window`] owns time: [`Window`], processing epochs (the timely time), [`Clock`] (per-partition
 //!   lateness, idleness and the watermark).
+//! - [`marks`] owns the global watermark: what each worker claims, and what the output is complete
+//!   up to.
 //! - [`aggregate`] owns what is summed: [`Key`], [`WindowKey`] and [`Aggregate`], differential's diff type.
 //! - [`batch`] turns a batch of records into pre-combined `(WindowKey, Aggregate)` updates and keeps the
 //!   ledger that retention retracts.
@@ -27,6 +29,7 @@ pub mod batch;
 pub mod build;
 pub mod config;
 pub mod driver;
+pub mod marks;
 pub mod oracle;
 pub mod rules;
 pub mod view;
@@ -36,8 +39,9 @@ pub use aggregate::{Aggregate, Key, WindowKey};
 pub use build::{Change, Derived, Side};
 pub use config::Config;
 pub use driver::{execute, run_worker, Counters, Limits, Resume, Update};
+pub use marks::Mark;
 pub use view::{View, WindowState};
 
 pub use rules::{Alert, Rule, Rules, Severity};
 
-pub use window::{time_of, watermark_of, Clock, Time, Window, RESTORE_TIME, TICKS_PER_MS};
+pub use window::{epoch_now, Clock, Time, Window, RESTORE_TIME};

@@ -2,8 +2,8 @@
 //! The API reads it; nothing here talks HTTP.
 //!
 //! Stat deltas are added and derived rows counted, so changes can be applied in any order and the
-//! result is the same: the view is exactly the accumulation of the output. A window stays final
-//! once the frontier has passed it; if an idle partition later delivers on-time events for it, the
+//! result is the same: the view is exactly the accumulation of the output. A window is final once
+//! the watermark has passed its end, and stays so; if an idle partition later delivers on-time events for it, the
 //! window is *revised*: its sums change and it says so ([`WindowState::revised`]).
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::build::{Change, Derived, Side};
 use crate::driver::Update;
 use crate::rules::Alert;
-use crate::window::{watermark_of, Time, Window, RESTORE_TIME};
+use crate::window::{Time, Window, RESTORE_TIME};
 
 /// One window's rows.
 #[derive(Clone, Debug, Default)]
@@ -79,15 +79,21 @@ impl WindowState {
     }
 }
 
-/// Whether a stat change revises a window already reported final: events (not late counts, not
-/// restored state, not a retraction that frees memory) applied at a time the frontier had already
-/// passed the window's end. Only a partition that was idle and then speaks again can cause one:
-/// any other on-time event lies at or after the watermark it is fed at.
-pub fn is_revision(row: &WindowKey, delta: &Aggregate, time: Time, window_ms: i64) -> bool {
+/// Whether a stat change revises a window already reported final (the watermark had passed its
+/// end when the change came): events, not late counts, not restored state, not a retraction that
+/// frees memory. Only a partition that was idle and then speaks again can cause one: any other
+/// on-time event lies at or after the watermark.
+pub fn is_revision(
+    row: &WindowKey,
+    delta: &Aggregate,
+    time: Time,
+    watermark: Option<i64>,
+    window_ms: i64,
+) -> bool {
     time != RESTORE_TIME
         && delta.downloads > 0
         && !matches!(row.key, Key::Late { .. })
-        && watermark_of(time) >= row.window.end(window_ms)
+        && row.window.is_final(window_ms, watermark, false)
 }
 
 /// All windows in memory, and how far the output is complete.
@@ -96,6 +102,8 @@ pub struct View {
     window_ms: i64,
     windows: BTreeMap<Window, WindowState>,
     frontier: Option<Time>,
+    /// The global watermark the output is complete up to.
+    watermark: Option<i64>,
     updates: u64,
     /// Per partition, the offset the dataflow has read up to (from the sources' positions).
     positions: BTreeMap<u32, i64>,
@@ -107,6 +115,7 @@ impl View {
             window_ms,
             windows: BTreeMap::new(),
             frontier: Some(0),
+            watermark: None,
             updates: 0,
             positions: BTreeMap::new(),
         }
@@ -116,7 +125,7 @@ impl View {
         for change in update.changes {
             match change {
                 Change::Stat { row, delta, time } => {
-                    let revision = is_revision(&row, &delta, time, self.window_ms);
+                    let revision = is_revision(&row, &delta, time, self.watermark, self.window_ms);
                     let state = self.windows.entry(row.window).or_default();
                     state.revised |= revision;
                     let sum = state.stats.entry(row.key.clone()).or_default();
@@ -152,6 +161,7 @@ impl View {
             }
         }
         self.frontier = update.frontier;
+        self.watermark = self.watermark.max(update.watermark);
         self.updates += 1;
     }
 
@@ -170,13 +180,23 @@ impl View {
         self.window_ms
     }
 
-    /// The global watermark the output is complete up to (`None`: the input is closed).
+    /// The epoch before which every change has been applied (`None`: the input is closed).
     pub fn frontier(&self) -> Option<Time> {
         self.frontier
     }
 
+    /// The global watermark: windows ending at or before it are final.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Whether the input is closed (everything is final).
+    pub fn is_closed(&self) -> bool {
+        self.frontier.is_none()
+    }
+
     pub fn is_final(&self, window: Window) -> bool {
-        window.is_final(self.window_ms, self.frontier)
+        window.is_final(self.window_ms, self.watermark, self.is_closed())
     }
 
     /// How many updates have been applied (a cheap change counter for caches).

@@ -1,34 +1,34 @@
-//! Event time: windows, and the watermark that says which of them are complete.
+//! Two clocks: event time (windows, and the watermark that says which of them are complete) and
+//! processing time (the timely [`Time`] of each batch).
 //!
-//! The timely time of every update is a watermark in milliseconds: an update fed at time `t` was fed
-//! when its worker had seen every partition past `t` (minus lateness). So the dataflow's frontier is
-//! the global watermark — the minimum over workers — and a window is final once the frontier reaches
-//! its end. Each worker keeps its inputs' times coarse: one time per batch.
+//! They are kept apart on purpose. The timely time of a batch is its *epoch*: the wall-clock
+//! millisecond at which a worker fed it (made strictly increasing per worker). Every worker advances
+//! its epoch as the clock moves, busy or not, so the dataflow's frontier, and with it what the sink
+//! may commit, always follows processing, whatever the partitions' event times do. Whether a window
+//! is complete is a separate question, answered by the watermark: the minimum over active
+//! partitions of (newest timestamp − lateness), which workers tell each other in
+//! `driver::Mark`s. A window is final once the watermark has reached its end. Each worker keeps its
+//! inputs' times coarse: one epoch per batch.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// The timely/differential time: a watermark in milliseconds since the Unix epoch, times
-/// [`TICKS_PER_MS`], plus a small sequence number. The sequence lets a worker close a batch (so its
-/// output completes) while the watermark has not moved, without claiming a later watermark.
-/// Time 0 ([`RESTORE_TIME`]) holds only state restored at start-up; new data start at 1.
+/// The timely/differential time: a processing epoch (milliseconds of the wall clock, strictly
+/// increasing per worker). Epoch 0 ([`RESTORE_TIME`]) holds only state restored at start-up; new
+/// data start at 1.
 pub type Time = u64;
 
-/// Ticks of [`Time`] per millisecond of watermark.
-pub const TICKS_PER_MS: u64 = 1000;
 /// The time of restored state: the sink knows everything at this time is already stored.
 pub const RESTORE_TIME: Time = 0;
 
-/// The first time at which data may be fed once the watermark is `watermark_ms`.
-pub fn time_of(watermark_ms: i64) -> Time {
-    (watermark_ms.max(0) as u64 * TICKS_PER_MS).max(1)
-}
-
-/// The watermark (in milliseconds) a time or frontier stands for.
-pub fn watermark_of(time: Time) -> i64 {
-    (time / TICKS_PER_MS) as i64
+/// The current wall-clock epoch (never 0, the restore time).
+pub fn epoch_now() -> Time {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as Time)
+        .max(1)
 }
 
 /// A tumbling window, named by its start in milliseconds since the Unix epoch.
@@ -49,12 +49,9 @@ impl Window {
         self.0 + window_ms
     }
 
-    /// Final once the watermark (the frontier) has reached the window's end.
-    pub fn is_final(self, window_ms: i64, frontier: Option<Time>) -> bool {
-        match frontier {
-            None => true, // the input is closed: nothing can change any more
-            Some(t) => watermark_of(t) >= self.end(window_ms),
-        }
+    /// Final once the watermark has reached the window's end, or the input is closed.
+    pub fn is_final(self, window_ms: i64, watermark: Option<i64>, closed: bool) -> bool {
+        closed || watermark.is_some_and(|w| w >= self.end(window_ms))
     }
 }
 
@@ -182,9 +179,10 @@ mod tests {
     #[test]
     fn final_once_the_watermark_reaches_the_end() {
         let w = Window(60_000);
-        assert!(!w.is_final(60_000, Some(time_of(119_999) + 7)));
-        assert!(w.is_final(60_000, Some(time_of(120_000))));
-        assert!(w.is_final(60_000, None));
+        assert!(!w.is_final(60_000, Some(119_999), false));
+        assert!(w.is_final(60_000, Some(120_000), false));
+        assert!(!w.is_final(60_000, None, false));
+        assert!(w.is_final(60_000, None, true));
     }
 
     #[test]

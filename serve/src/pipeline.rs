@@ -338,6 +338,7 @@ fn start_threads(
                 window_ms: config.window_ms,
                 retain_ms: config.retain_ms,
                 rules: config.rules.clone(),
+                stored_watermark: resume.watermark_ms,
             };
             let (db, sink_rx, stats, shutdown) = (
                 db.clone(),
@@ -423,34 +424,51 @@ fn start_threads(
         std::thread::Builder::new()
             .name("dataflow".into())
             .spawn(move || {
-                execute(
-                    timely_config,
-                    config,
-                    limits,
-                    move |worker, workers| -> Box<dyn Source> {
-                        match &kafka {
-                            Some(kafka) => Box::new(
-                                KafkaSource::new(kafka, worker, workers, &offsets)
-                                    .expect("the topic was checked at start-up"),
-                            ),
-                            None => {
-                                let generator =
-                                    Generator::new(gen.seed, gen.scenario, now_ms, gen.rate);
-                                Box::new(GeneratorSource::new(
-                                    generator,
-                                    gen.partitions,
-                                    worker,
-                                    workers,
-                                    Pace::RealTime,
-                                ))
+                let failed = shutdown.clone();
+                let run = std::panic::AssertUnwindSafe(move || {
+                    execute(
+                        timely_config,
+                        config,
+                        limits,
+                        move |worker, workers| -> Box<dyn Source> {
+                            match &kafka {
+                                Some(kafka) => Box::new(
+                                    KafkaSource::new(kafka, worker, workers, &offsets)
+                                        .expect("the topic was checked at start-up"),
+                                ),
+                                None => {
+                                    let generator =
+                                        Generator::new(gen.seed, gen.scenario, now_ms, gen.rate);
+                                    Box::new(GeneratorSource::new(
+                                        generator,
+                                        gen.partitions,
+                                        worker,
+                                        workers,
+                                        Pace::RealTime,
+                                    ))
+                                }
                             }
-                        }
-                    },
-                    resume,
-                    output,
-                    stop,
-                    counters,
-                )
+                        },
+                        resume,
+                        output,
+                        stop,
+                        counters,
+                    )
+                });
+                // The dataflow ends only when asked to; if it stops by itself (a worker panicked,
+                // a peer process died) the process must not go on looking healthy.
+                let result = match std::panic::catch_unwind(run) {
+                    Ok(result) => result,
+                    Err(_) => Err("a dataflow worker panicked".to_string()),
+                };
+                match &result {
+                    Err(e) => failed.fail(format!("the dataflow stopped: {e}")),
+                    Ok(()) if !failed.is_requested() => {
+                        failed.fail("the dataflow stopped: its sources ended".to_string())
+                    }
+                    Ok(()) => {}
+                }
+                result
             })?
     };
     Ok(Threads {
@@ -544,11 +562,9 @@ async fn status_line(view: Arc<RwLock<View>>, counters: Arc<Counters>, interval:
         last = (Instant::now(), events);
         let (watermark, windows) = {
             let view = view.read().expect("view lock");
-            (view.frontier(), view.windows().len())
+            (view.watermark(), view.windows().len())
         };
-        let watermark = watermark.map_or("closed".to_string(), |t| {
-            crate::api::iso8601(streampulse_dataflow::watermark_of(t))
-        });
+        let watermark = watermark.map_or("not yet known".to_string(), crate::api::iso8601);
         log::info!(
             "status: {rate:.0} events/s, {events} events, {late} late, watermark {watermark}, {windows} windows in memory"
         );

@@ -1311,7 +1311,17 @@ fn database_outages_are_reported_retried_and_bounded() {
 
     // Lost mid-run, with more data to commit: reported, and SIGTERM ends in bounded time.
     relay.set(RelayMode::Down);
-    generate(&topic, 20_000, "cdn-outage", &["--seed", "8"]);
+    let more = streampulse_ingest::Generator::new(
+        7,
+        streampulse_ingest::Scenario::CdnOutage,
+        START_MS,
+        100.0,
+    );
+    let encoder = streampulse_ingest::Encoder::new();
+    let events: Vec<(i32, Vec<u8>)> = (20_000..30_000u64)
+        .map(|i| ((i % 3) as i32, encoder.encode(&more.event(i))))
+        .collect();
+    produce(&topic, &events);
     wait_health(port, Duration::from_secs(30), |h| {
         h["database"] == "unreachable"
     });
@@ -1327,27 +1337,41 @@ fn database_outages_are_reported_retried_and_bounded() {
         asked.elapsed()
     );
 
-    // A second signal cuts a long shutdown short.
+    // A second signal cuts a long shutdown short: start with the database there, read slowly, cut
+    // it while changes are pending, and signal twice.
+    relay.set(RelayMode::Up);
     let port = free_port();
     let mut child = start_relayed(
         &relay,
         &topic,
         &schema,
         port,
-        &["--shutdown-timeout", "600"],
+        &["--shutdown-timeout", "600", "--max-rate", "1000"],
     );
+    wait_health(port, Duration::from_secs(30), |h| h["database"] == "ok");
+    std::thread::sleep(Duration::from_secs(1));
+    relay.set(RelayMode::Down);
     wait_health(port, Duration::from_secs(30), |h| {
         h["database"] == "unreachable"
     });
     signal(&child, "TERM");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(
         child.try_wait().unwrap().is_none(),
-        "waits for the database"
+        "the first signal waits for the database"
     );
     signal(&child, "INT");
     let status = wait_exit(&mut child, Duration::from_secs(5));
     assert!(!status.success());
+
+    // Down at start-up, nothing read yet: a signal ends it at once.
+    let port = free_port();
+    let mut child = start_relayed(&relay, &topic, &schema, port, &[]);
+    wait_health(port, Duration::from_secs(30), |h| {
+        h["database"] == "unreachable"
+    });
+    signal(&child, "TERM");
+    wait_exit(&mut child, Duration::from_secs(5));
 
     // Back: it resumes from the stored offsets, catches up, and SIGTERM exits 0.
     relay.set(RelayMode::Up);

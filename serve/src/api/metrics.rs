@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use streampulse_dataflow::watermark_of;
 
 use super::State;
 
@@ -78,7 +77,7 @@ pub fn render(state: &State) -> String {
     let c = &state.counters;
     let (watermark, windows, version) = {
         let view = state.view.read().expect("view lock");
-        (view.frontier(), view.windows().len(), view.version())
+        (view.watermark(), view.windows().len(), view.version())
     };
     family(
         &mut out,
@@ -142,13 +141,13 @@ pub fn render(state: &State) -> String {
         "Windows held in the dataflow workers' ledgers (what retention bounds).",
         one(c.ledger_windows.load(Ordering::Relaxed)),
     );
-    // No sample once the input is closed: there is no watermark any more.
+    // No sample until the workers have established a watermark.
     family(
         &mut out,
         "streampulse_watermark_seconds",
         "gauge",
         "Event time (seconds since the epoch) up to which every window's output is complete.",
-        watermark.map(|t| (String::new(), watermark_of(t) as f64 / 1000.0)),
+        watermark.map(|w| (String::new(), w as f64 / 1000.0)),
     );
     family(
         &mut out,

@@ -17,9 +17,7 @@ use std::sync::atomic::Ordering;
 
 use differential_dataflow::difference::Semigroup;
 use serde_json::{json, Value};
-use streampulse_dataflow::{
-    watermark_of, Aggregate, Alert, Counters, Key, Rule, Rules, View, WindowState,
-};
+use streampulse_dataflow::{Aggregate, Alert, Counters, Key, Rule, Rules, View, WindowState};
 
 use super::query::Query;
 use super::ApiError;
@@ -86,7 +84,7 @@ pub fn health(view: &View, counters: &Counters, uptime_seconds: u64, links: &Lin
         "uptime_seconds": uptime_seconds,
         "events": counters.events.load(Ordering::Relaxed),
         "late_events": counters.late.load(Ordering::Relaxed),
-        "watermark": view.frontier().map(|t| iso8601(watermark_of(t))),
+        "watermark": view.watermark().map(iso8601),
         "newest_window": view.newest().map(|w| iso8601(w.start())),
         "windows_in_memory": view.windows().len(),
     })

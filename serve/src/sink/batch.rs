@@ -7,11 +7,15 @@
 //! ```
 //!
 //! What is never written:
-//! - state restored at start-up (time 0): the tables already hold it, and writing its derived rows
+//! - state restored at start-up (epoch 0): the tables already hold it, and writing its derived rows
 //!   again, consolidated with a later retraction, would cancel a delete;
 //! - retractions that only free memory: a stat row is only ever added to, so a negative stat delta is
-//!   always retention letting a window go (the driver never feeds data and a retraction of the same
-//!   window at one time); derived rows that disappear because their window left memory stay stored.
+//!   always retention letting a window go (the driver never feeds a window after retracting it);
+//! - derived changes of a retired window (one a worker let go, `Side::Expired`): as its workers let
+//!   go one by one, top-K and alerts would be recomputed from what is left. A window past retention
+//!   keeps the derived rows it had; its stat rows still take events (`Side::Stat`).
+//!
+//! A window whose rows change after a commit reported it final is *revised* (`Batch::revised`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,7 +23,7 @@ use differential_dataflow::difference::Semigroup;
 use streampulse_dataflow::build::Sample;
 use streampulse_dataflow::view::is_revision;
 use streampulse_dataflow::{
-    watermark_of, Aggregate, Change, Derived, Side, Time, Window, WindowKey, RESTORE_TIME,
+    Aggregate, Change, Derived, Side, Time, Window, WindowKey, RESTORE_TIME,
 };
 use streampulse_ingest::DeadLetter;
 
@@ -104,69 +108,113 @@ impl Batch {
     }
 }
 
-/// Whether a change at `time` to `window` is retention letting the window go.
-fn is_retention(window: Window, time: Time, window_ms: i64, retain_ms: i64) -> bool {
-    window.end(window_ms) + retain_ms <= watermark_of(time)
+/// What the sink remembers between batches to consolidate the next one.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// The watermark of the last commit: windows ending at or before it were reported final.
+    pub committed: Option<i64>,
+    /// Windows a worker has let go of (past retention): their derived rows are no longer changed.
+    retired: BTreeSet<Window>,
 }
 
-/// Consolidates `changes` (all at times before `upto`) into one batch.
+impl Memory {
+    pub fn new(committed: Option<i64>) -> Memory {
+        Memory {
+            committed,
+            retired: BTreeSet::new(),
+        }
+    }
+
+    /// Forgets retired windows far behind the watermark (no change can name them any more).
+    fn prune(&mut self, watermark: Option<i64>, window_ms: i64, retain_ms: i64) {
+        if let Some(w) = watermark {
+            let horizon = w - 2 * retain_ms - window_ms;
+            self.retired = self.retired.split_off(&Window(horizon));
+        }
+    }
+}
+
+/// Consolidates `changes` (in epoch order, all before the frontier) into one batch whose
+/// watermark is `watermark`.
 pub fn consolidate(
     changes: Vec<Change>,
-    upto: Option<Time>,
+    watermark: Option<i64>,
+    memory: &mut Memory,
     window_ms: i64,
     retain_ms: i64,
 ) -> Batch {
     let mut batch = Batch {
-        watermark: upto.map(watermark_of),
+        watermark,
         ..Batch::default()
     };
+    // A window retired at an epoch takes no derived change from that epoch on.
+    let mut epochs: Vec<(Time, Vec<Change>)> = Vec::new();
     for change in changes {
-        match change {
-            Change::Stat { time, .. } | Change::Derived { time, .. } if time == RESTORE_TIME => {}
-            Change::Stat { delta, .. } if delta.downloads < 0 => {}
-            Change::Stat { row, delta, time } => {
-                if is_revision(&row, &delta, time, window_ms) {
-                    batch.revised.insert(row.window);
-                }
-                batch.stats.entry(row).or_default().plus_equals(&delta);
+        match epochs.last_mut() {
+            Some((time, group)) if *time == change.time() => group.push(change),
+            _ => epochs.push((change.time(), vec![change])),
+        }
+    }
+    for (_, group) in epochs {
+        for change in &group {
+            if let Change::Side {
+                row: Side::Expired(window),
+                ..
+            } = change
+            {
+                memory.retired.insert(*window);
             }
-            Change::Derived { row, time, diff }
-                if diff < 0 && is_retention(row.window(), time, window_ms, retain_ms) => {}
-            Change::Derived { row, diff, .. } => *batch.derived.entry(row).or_default() += diff,
-            Change::Side { row, diff, .. } => match row {
-                Side::Position {
-                    partition,
-                    next_offset,
-                    max_ts,
-                } => {
-                    let slot = batch
-                        .positions
-                        .entry(partition)
-                        .or_insert((next_offset, max_ts));
-                    *slot = (slot.0.max(next_offset), slot.1.max(max_ts));
-                }
-                Side::DeadLetter(letter) => batch.dead.push(letter),
-                Side::Sample(sample) => batch.samples.push(sample),
-                Side::Stat { row, agg } => {
-                    // Sums for a window already out of memory: added to the stored row as they are.
-                    let sum = batch.stats.entry(row.clone()).or_default();
-                    for _ in 0..diff.max(0) {
-                        sum.plus_equals(&agg);
+        }
+        for change in group {
+            match change {
+                Change::Stat { time, .. } | Change::Derived { time, .. }
+                    if time == RESTORE_TIME => {}
+                Change::Stat { delta, .. } if delta.downloads < 0 => {}
+                Change::Stat { row, delta, time } => {
+                    if is_revision(&row, &delta, time, memory.committed, window_ms) {
+                        batch.revised.insert(row.window);
                     }
-                    batch.revised.insert(row.window);
+                    batch.stats.entry(row).or_default().plus_equals(&delta);
                 }
-            },
+                Change::Derived { row, .. } if memory.retired.contains(&row.window()) => {}
+                Change::Derived { row, diff, .. } => *batch.derived.entry(row).or_default() += diff,
+                Change::Side { row, diff, .. } => match row {
+                    Side::Position {
+                        partition,
+                        next_offset,
+                        max_ts,
+                    } => {
+                        let slot = batch
+                            .positions
+                            .entry(partition)
+                            .or_insert((next_offset, max_ts));
+                        *slot = (slot.0.max(next_offset), slot.1.max(max_ts));
+                    }
+                    Side::DeadLetter(letter) => batch.dead.push(letter),
+                    Side::Sample(sample) => batch.samples.push(sample),
+                    Side::Stat { row, agg } => {
+                        // Sums for a window already out of memory: added to the stored row.
+                        let sum = batch.stats.entry(row.clone()).or_default();
+                        for _ in 0..diff.max(0) {
+                            sum.plus_equals(&agg);
+                        }
+                        batch.revised.insert(row.window);
+                    }
+                    Side::Expired(_) => {}
+                },
+            }
         }
     }
     batch.stats.retain(|_, agg| *agg != Aggregate::default());
     batch.derived.retain(|_, diff| *diff != 0);
+    memory.prune(watermark, window_ms, retain_ms);
     batch
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streampulse_dataflow::{time_of, Key};
+    use streampulse_dataflow::Key;
 
     const W: i64 = 60_000;
     const RETAIN: i64 = 10 * W;
@@ -186,24 +234,50 @@ mod tests {
         }
     }
 
-    fn stat(window: i64, key: Key, downloads: i64, watermark: i64) -> Change {
+    fn stat(window: i64, key: Key, downloads: i64, epoch: Time) -> Change {
         Change::Stat {
             row: row(window, key),
             delta: sums(downloads),
-            time: time_of(watermark),
+            time: epoch,
+        }
+    }
+
+    fn top(window: i64, downloads: i64) -> Derived {
+        Derived::Top {
+            window: Window(window),
+            rank: 1,
+            content_id: "c".into(),
+            title: "t".into(),
+            downloads,
+        }
+    }
+
+    fn derived(row: Derived, epoch: Time, diff: isize) -> Change {
+        Change::Derived {
+            row,
+            time: epoch,
+            diff,
+        }
+    }
+
+    fn side(row: Side, epoch: Time) -> Change {
+        Change::Side {
+            row,
+            time: epoch,
+            diff: 1,
         }
     }
 
     #[test]
     fn deltas_add_up_and_retractions_are_dropped() {
         let changes = vec![
-            stat(0, Key::Total, 3, 10_000),
-            stat(0, Key::Total, 2, 20_000),
-            // Retention letting window 0 go, much later: not a change to the stored row.
-            stat(0, Key::Total, -5, 20 * W),
-            stat(W, Key::Region("EU".into()), 1, 20_000),
+            stat(0, Key::Total, 3, 1),
+            stat(0, Key::Total, 2, 2),
+            stat(W, Key::Region("EU".into()), 1, 2),
+            // Retention letting window 0 go: not a change to the stored row.
+            stat(0, Key::Total, -5, 9),
         ];
-        let batch = consolidate(changes, Some(time_of(30_000)), W, RETAIN);
+        let batch = consolidate(changes, Some(30_000), &mut Memory::default(), W, RETAIN);
         assert_eq!(batch.stats[&row(0, Key::Total)], sums(5));
         assert_eq!(batch.stats.len(), 2);
         assert_eq!(batch.watermark, Some(30_000));
@@ -213,88 +287,85 @@ mod tests {
     #[test]
     fn restored_state_is_not_written_again() {
         let changes = vec![
-            Change::Stat {
-                row: row(0, Key::Total),
-                delta: sums(7),
-                time: RESTORE_TIME,
-            },
-            Change::Derived {
-                row: Derived::UniqueContent {
+            stat(0, Key::Total, 7, RESTORE_TIME),
+            derived(
+                Derived::UniqueContent {
                     window: Window(0),
                     count: 3,
                 },
-                time: RESTORE_TIME,
-                diff: 1,
-            },
+                RESTORE_TIME,
+                1,
+            ),
         ];
-        assert!(consolidate(changes, None, W, RETAIN).is_empty());
+        assert!(consolidate(changes, None, &mut Memory::default(), W, RETAIN).is_empty());
     }
 
     #[test]
     fn events_for_a_final_window_revise_it() {
-        // Fed at watermark 2W into window [0, W): the window was already final.
+        // The last commit reported windows up to 2W final.
+        let mut memory = Memory::new(Some(2 * W));
         let changes = vec![
-            stat(0, Key::Total, 4, 2 * W),
-            // A late count is not a revision of the data.
-            stat(W, Key::Late { partition: 1 }, 1, 3 * W),
+            stat(0, Key::Total, 4, 5),
+            // A late count is not a revision of the data; an open window is not revised.
+            stat(W, Key::Late { partition: 1 }, 1, 5),
+            stat(3 * W, Key::Total, 1, 5),
             Change::Side {
                 row: Side::Stat {
                     row: row(-30 * W, Key::Total),
                     agg: sums(2),
                 },
-                time: time_of(3 * W),
+                time: 6,
                 diff: 2,
             },
         ];
-        let batch = consolidate(changes, Some(time_of(4 * W)), W, RETAIN);
+        let batch = consolidate(changes, Some(4 * W), &mut memory, W, RETAIN);
         assert_eq!(batch.revised, BTreeSet::from([Window(0), Window(-30 * W)]));
         assert_eq!(batch.stats[&row(-30 * W, Key::Total)], sums(4));
     }
 
     #[test]
-    fn derived_rows_leaving_memory_stay_stored() {
-        let top = |downloads| Derived::Top {
-            window: Window(0),
-            rank: 1,
-            content_id: "c".into(),
-            title: "t".into(),
-            downloads,
-        };
+    fn a_retired_window_keeps_its_derived_rows() {
+        let mut memory = Memory::default();
         let changes = vec![
-            // A real change of the top list: the old version goes, the new one comes.
-            Change::Derived {
-                row: top(5),
-                time: time_of(30_000),
-                diff: -1,
-            },
-            Change::Derived {
-                row: top(6),
-                time: time_of(30_000),
-                diff: 1,
-            },
-            // Retention: the window leaves memory, its row stays in the table.
-            Change::Derived {
-                row: top(6),
-                time: time_of(20 * W),
-                diff: -1,
-            },
+            // A real change of the top list before retirement: the old version goes.
+            derived(top(0, 5), 3, -1),
+            derived(top(0, 6), 3, 1),
+            // Worker A lets window 0 go at epoch 7: what its retraction leaves is not written.
+            side(Side::Expired(Window(0)), 7),
+            derived(top(0, 6), 7, -1),
+            derived(top(0, 2), 7, 1),
         ];
-        let batch = consolidate(changes, Some(time_of(21 * W)), W, RETAIN);
-        assert_eq!(batch.derived, BTreeMap::from([(top(5), -1), (top(6), 1)]));
+        let batch = consolidate(changes, Some(20 * W), &mut memory, W, RETAIN);
+        assert_eq!(
+            batch.derived,
+            BTreeMap::from([(top(0, 5), -1), (top(0, 6), 1)])
+        );
+        // Worker B lets it go in a later batch: still nothing.
+        let later = vec![derived(top(0, 2), 9, -1)];
+        assert!(consolidate(later, Some(20 * W), &mut memory, W, RETAIN)
+            .derived
+            .is_empty());
     }
 
     #[test]
     fn positions_keep_the_furthest() {
-        let position = |next_offset, max_ts| Change::Side {
-            row: Side::Position {
-                partition: 2,
-                next_offset,
-                max_ts,
-            },
-            time: time_of(1_000),
-            diff: 1,
+        let position = |next_offset, max_ts| {
+            side(
+                Side::Position {
+                    partition: 2,
+                    next_offset,
+                    max_ts,
+                },
+                4,
+            )
         };
-        let batch = consolidate(vec![position(10, 500), position(12, 400)], None, W, RETAIN);
+        let batch = consolidate(
+            vec![position(10, 500), position(12, 400)],
+            None,
+            &mut Memory::default(),
+            W,
+            RETAIN,
+        );
         assert_eq!(batch.positions[&2], (12, 500));
         assert_eq!(batch.watermark, None);
     }
@@ -302,8 +373,9 @@ mod tests {
     #[test]
     fn rows_cut_one_piece_per_row() {
         let batch = consolidate(
-            vec![stat(0, Key::Total, 1, 0), stat(W, Key::Total, 1, 0)],
-            Some(time_of(1)),
+            vec![stat(0, Key::Total, 1, 1), stat(W, Key::Total, 1, 1)],
+            Some(1),
+            &mut Memory::default(),
             W,
             RETAIN,
         );

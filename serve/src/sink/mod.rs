@@ -6,9 +6,10 @@
 //!           watermark, is_final, revisions) ──COMMIT
 //! ```
 //!
-//! Exactly once: a transaction holds all changes of completed times together with the Kafka
+//! Exactly once: a transaction holds all changes of completed epochs together with the Kafka
 //! positions those changes came from, so after a crash the next run resumes Kafka at the stored
-//! positions and nothing is written twice or lost.
+//! positions and nothing is written twice or lost. A retried commit first checks the stored
+//! positions, so a commit whose acknowledgement was lost is not applied twice.
 //!
 //! When a write fails, [`Failure::of`] decides what happens:
 //! - **transient** (connection lost, server starting or shutting down, overloaded, a timeout, a
@@ -39,7 +40,7 @@ use streampulse_dataflow::{Change, Time, Update};
 use crate::db::{Database, Session};
 use crate::health::Link;
 use crate::shutdown::Shutdown;
-use batch::{consolidate, Batch};
+use batch::{consolidate, Batch, Memory};
 
 /// What the sink needs to know besides the changes.
 #[derive(Clone, Debug)]
@@ -48,6 +49,8 @@ pub struct SinkConfig {
     pub window_ms: i64,
     pub retain_ms: i64,
     pub rules: streampulse_dataflow::Rules,
+    /// The watermark stored by an earlier run: windows ending at or before it were reported final.
+    pub stored_watermark: Option<i64>,
 }
 
 /// What the sink has done and how the database looks to it, for `/health` and `/metrics`.
@@ -140,9 +143,10 @@ pub fn run(
         stats,
         shutdown,
     };
+    let mut memory = Memory::new(sink.config.stored_watermark);
     let mut pending: BTreeMap<Time, Vec<Change>> = BTreeMap::new();
-    let mut frontier: Option<Option<Time>> = None;
-    let mut committed: Option<Option<Time>> = None;
+    let mut frontier: Option<(Option<Time>, Option<i64>)> = None;
+    let mut committed: Option<(Option<Time>, Option<i64>)> = None;
     let mut last_commit = Instant::now();
     let mut closed = false;
     loop {
@@ -157,16 +161,17 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closed = true,
         }
-        let Some(upto) = frontier else {
+        let Some(cut) = frontier else {
             if closed {
                 return Ok(());
             }
             continue;
         };
+        let (upto, watermark) = cut;
         // Batch commits a little: at most every 100 ms unless the stream ended.
         let due = closed || upto.is_none() || last_commit.elapsed() >= Duration::from_millis(100);
-        if !due || committed == Some(upto) {
-            if closed && committed == Some(upto) {
+        if !due || committed == Some(cut) {
+            if closed && committed == Some(cut) {
                 return Ok(());
             }
             continue;
@@ -180,11 +185,18 @@ pub fn run(
         for t in ready {
             changes.extend(pending.remove(&t).unwrap_or_default());
         }
-        let batch = consolidate(changes, upto, sink.config.window_ms, sink.config.retain_ms);
+        let batch = consolidate(
+            changes,
+            watermark,
+            &mut memory,
+            sink.config.window_ms,
+            sink.config.retain_ms,
+        );
         if !(batch.is_empty() && batch.watermark.is_none()) {
             sink.commit(Arc::new(batch))?;
         }
-        committed = Some(upto);
+        memory.committed = memory.committed.max(watermark);
+        committed = Some(cut);
         last_commit = Instant::now();
         if closed && pending.is_empty() {
             return Ok(());
@@ -195,17 +207,12 @@ pub fn run(
 fn receive(
     update: Update,
     pending: &mut BTreeMap<Time, Vec<Change>>,
-    frontier: &mut Option<Option<Time>>,
+    frontier: &mut Option<(Option<Time>, Option<i64>)>,
 ) {
     for change in update.changes {
-        let time = match &change {
-            Change::Stat { time, .. }
-            | Change::Derived { time, .. }
-            | Change::Side { time, .. } => *time,
-        };
-        pending.entry(time).or_default().push(change);
+        pending.entry(change.time()).or_default().push(change);
     }
-    *frontier = Some(update.frontier);
+    *frontier = Some((update.frontier, update.watermark));
 }
 
 /// The sink's connection and the policy around it.
@@ -278,6 +285,10 @@ impl Sink<'_> {
 
 fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<()> {
     let mut tx = client.transaction()?;
+    if write::already_committed(&mut tx, config, batch)? {
+        log::info!("sink: this batch was committed before its acknowledgement was lost; not applying it again");
+        return Ok(());
+    }
     write::write_batch(&mut tx, config, batch)?;
     write::write_progress(&mut tx, config, batch)?;
     tx.commit()?;
@@ -289,6 +300,9 @@ fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyho
 /// how many rows were refused.
 fn write_isolating(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<u64> {
     let mut tx = client.transaction()?;
+    if write::already_committed(&mut tx, config, batch)? {
+        return Ok(0);
+    }
     let mut refused = Vec::new();
     for piece in batch.rows() {
         let mut savepoint = tx.transaction()?;

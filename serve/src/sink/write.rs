@@ -88,6 +88,35 @@ fn upsert_sql(table: &str, keys: &[&str], key_types: &[&str]) -> String {
     )
 }
 
+/// Whether the batch is already stored: a commit whose acknowledgement was lost (the connection
+/// broke after the server committed) must not be applied twice, since stat rows add up. Stored
+/// positions only grow and each batch moves its partitions past them, so a batch is stored exactly
+/// when a stored position has reached its own. Locks the topic's progress rows for the transaction,
+/// which also keeps two sinks from interleaving on one schema.
+pub fn already_committed(
+    tx: &mut Transaction<'_>,
+    config: &SinkConfig,
+    batch: &Batch,
+) -> anyhow::Result<bool> {
+    if batch.positions.is_empty() {
+        return Ok(false);
+    }
+    let stored: BTreeMap<i32, i64> = tx
+        .query(
+            "SELECT partition, next_offset FROM sink_progress WHERE topic = $1 FOR UPDATE",
+            &[&config.topic],
+        )
+        .context("reading the stored positions")?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(batch.positions.iter().any(|(partition, (next, _))| {
+        stored
+            .get(&(*partition as i32))
+            .is_some_and(|stored| stored >= next)
+    }))
+}
+
 /// Writes the batch's rows: stats, derived rows, dead letters and samples (not its progress).
 pub fn write_batch(
     tx: &mut Transaction<'_>,
