@@ -162,6 +162,10 @@ fn kafka_down(v: &Value) -> bool {
 // A run and its faults
 // ---------------------------------------------------------------------------------------------
 
+fn strs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
 /// A single-process run of the golden topic into `schema`, restartable with the same flags.
 struct Run {
     topic: String,
@@ -172,12 +176,11 @@ struct Run {
 
 impl Run {
     fn start(topic: &str, schema: &str, extra: &[String]) -> Run {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         Run {
             topic: topic.to_string(),
             schema: schema.to_string(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            pipeline: Pipeline::start(topic, schema, &extra),
+            extra: extra.to_vec(),
+            pipeline: Pipeline::start(topic, schema, &strs(extra)),
         }
     }
 
@@ -185,12 +188,11 @@ impl Run {
     /// gone).
     fn restart(&mut self, workers: Option<usize>) {
         assert!(!self.pipeline.alive(), "restart after the process is gone");
-        let mut extra: Vec<String> = self.extra.clone();
+        let mut extra = self.extra.clone();
         if let Some(w) = workers {
             extra.extend(["-w".to_string(), w.to_string()]);
         }
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        self.pipeline = Pipeline::start(&self.topic, &self.schema, &extra);
+        self.pipeline = Pipeline::start(&self.topic, &self.schema, &strs(&extra));
     }
 
     fn committed(&self) -> i64 {
@@ -226,7 +228,8 @@ impl Run {
         let until = Instant::now() + duration;
         while Instant::now() < until {
             self.assert_alive(when);
-            std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+            let left = until.saturating_duration_since(Instant::now());
+            std::thread::sleep(Duration::from_millis(100).min(left));
         }
     }
 }
