@@ -52,9 +52,9 @@ use support::*;
 const EVENTS: u64 = 50_000;
 /// A run that should be able to finish from scratch, outages excluded.
 const CATCH_UP: Duration = Duration::from_secs(240);
-/// librdkafka prefetches up to 64 MB per partition by default: the whole topic, within a second,
-/// and a broker outage would then go unnoticed. Runs under fault keep it small, so the consumer
-/// needs the broker until the end (the golden run uses the defaults: same tables either way).
+/// The consumer prefetches up to 16 MiB (`ingest/src/kafka.rs`): this whole ~10 MB topic, within a
+/// second, and a broker outage would then go unnoticed. Runs under fault keep it small, so the
+/// consumer needs the broker until the end (the golden run uses the defaults: same tables).
 const SMALL_PREFETCH: [&str; 4] = [
     "--kafka-option",
     "queued.max.messages.kbytes=64",
