@@ -299,7 +299,9 @@ fn expected_fields(path: &str) -> (Vec<&'static str>, Vec<&'static str>) {
         "/health" => (
             vec![
                 "status",
+                "problems",
                 "database",
+                "kafka",
                 "timestamp",
                 "version",
                 "uptime_seconds",
