@@ -383,6 +383,7 @@ fn expected_fields(path: &str) -> (Vec<&'static str>, Vec<&'static str>) {
                 "unique_content",
                 "late_events",
                 "is_final",
+                "revised",
             ],
         ),
         "/api/stats/devices" => (

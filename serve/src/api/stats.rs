@@ -362,6 +362,7 @@ fn timeseries(input: &Input, q: &Query) -> Result<Value, ApiError> {
                 "unique_content": w.unique_content(),
                 "late_events": late_in(w),
                 "is_final": view.is_final(*window),
+                "revised": w.revised,
             })
         })
         .collect();

@@ -65,6 +65,8 @@ export interface Minute {
   unique_content: number;
   late_events: number;
   is_final: boolean;
+  /** Changed after it was final: an idle partition delivered on-time events late. */
+  revised: boolean;
 }
 
 export interface Device {
