@@ -208,7 +208,9 @@ impl Start {
                             kafka.topic,
                             kafka.brokers
                         );
-                        self.kafka_link.as_ref().map(|l| l.ok());
+                        if let Some(link) = &self.kafka_link {
+                            link.ok();
+                        }
                         partitions = Some(count);
                     }
                     Err(e) if streampulse_ingest::kafka::is_missing_topic(&e) => {
@@ -217,7 +219,9 @@ impl Start {
                     Err(e) => {
                         let error = format!("Kafka at {}: {e}", kafka.brokers);
                         log::warn!("{error}; retrying in {backoff:?}");
-                        self.kafka_link.as_ref().map(|l| l.failed(error));
+                        if let Some(link) = &self.kafka_link {
+                            link.failed(error);
+                        }
                         if self.shutdown.sleep(backoff) {
                             return Ok(None);
                         }

@@ -1386,3 +1386,71 @@ fn database_outages_are_reported_retried_and_bounded() {
     pg().batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();
 }
+
+/// Across processes an idle worker holds nothing back: all data is in partition 0, so the only
+/// worker of process 1 reads an empty partition; after the idle timeout the watermark, which the
+/// workers exchange through the dataflow, moves on and the windows become final.
+#[test]
+fn an_idle_process_does_not_hold_the_cluster_watermark() {
+    let topic = unique("idlecluster");
+    create_topic(&topic, 2);
+    let generator =
+        streampulse_ingest::Generator::new(6, streampulse_ingest::Scenario::Clean, START_MS, 10.0);
+    let encoder = streampulse_ingest::Encoder::new();
+    let events: Vec<(i32, Vec<u8>)> = (0..4_000u64)
+        .map(|i| (0, encoder.encode(&generator.event(i))))
+        .collect();
+    produce(&topic, &events);
+
+    let hosts = std::env::temp_dir().join(format!("{topic}.hosts"));
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let hostfile = hosts.to_str().unwrap();
+    let schema = unique("idlecluster");
+    let cluster = |process: &str| {
+        start_with(
+            &postgres_url(),
+            &topic,
+            &schema,
+            "2",
+            &["-n", "2", "-p", process, "--hostfile", hostfile],
+        )
+    };
+    let mut second = cluster("1");
+    let mut first = cluster("0");
+    wait_caught_up(&schema, &topic, &mut first, Duration::from_secs(90));
+    // 4 000 events at 10/s span 400 s: every window but the newest becomes final.
+    let last = generator.nominal_time(3_999);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let watermark = stored_watermark(&schema, &topic).unwrap_or(i64::MIN);
+        if watermark >= last - 60_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watermark is held at {watermark} (want ≥ {})",
+            last - 60_000
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let finals: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.window_totals WHERE is_final"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(finals >= 5, "{finals} final windows");
+    assert!(second.try_wait().unwrap().is_none());
+    stop(first);
+    stop(second);
+    let _ = std::fs::remove_file(&hosts);
+    let (records, _) = read_topic(&topic, decode_avro);
+    assert_tables_match_oracle_counts(&schema, &records);
+    pg().batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}
