@@ -39,8 +39,8 @@ use serde_json::{json, Value};
 use streampulse_dataflow::{Counters, Rules, View};
 
 use crate::cli::ApiArgs;
-use crate::db::Database;
 use crate::http::{ConnectionStats, Limits, RequestBody};
+use crate::store::Database;
 
 pub use stats::{alert_id, iso8601, threshold};
 

@@ -42,8 +42,8 @@ use tokio_postgres::{Client, Config, NoTls, Socket};
 use super::stats::iso8601;
 use super::ApiError;
 use crate::cli::Secret;
-use crate::db::Database;
 use crate::http::{BodyTimeout, RequestBody};
+use crate::store::Database;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   Update { changes, frontier } ──▶ buffer by time ──(frontier passes t)──▶ batch::consolidate
-//!       ──▶ one transaction: write::write_batch (rows) + write::write_progress (Kafka offsets,
+//!       ──▶ one transaction: store::sink::write_batch (rows) + write_progress (Kafka offsets,
 //!           watermark, is_final, revisions) ──COMMIT
 //! ```
 //!
@@ -25,8 +25,7 @@
 //! deadline has passed it gives up instead of retrying (nothing is lost: uncommitted offsets are
 //! read again on the next start).
 
-mod batch;
-mod write;
+pub mod batch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +36,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use postgres::Client;
 use streampulse_dataflow::{Change, Time, Update};
 
-use crate::db::{Database, Session};
 use crate::health::Link;
 use crate::shutdown::Shutdown;
+use crate::store::{self, Database, Session};
 use batch::{consolidate, Batch, Memory};
 
 /// What the sink needs to know besides the changes.
@@ -285,12 +284,12 @@ impl Sink<'_> {
 
 fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<()> {
     let mut tx = client.transaction()?;
-    if write::already_committed(&mut tx, config, batch)? {
+    if store::sink::already_committed(&mut tx, config, batch)? {
         log::info!("sink: this batch was committed before its acknowledgement was lost; not applying it again");
         return Ok(());
     }
-    write::write_batch(&mut tx, config, batch)?;
-    write::write_progress(&mut tx, config, batch)?;
+    store::sink::write_batch(&mut tx, config, batch)?;
+    store::sink::write_progress(&mut tx, config, batch)?;
     tx.commit()?;
     Ok(())
 }
@@ -300,13 +299,13 @@ fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyho
 /// how many rows were refused.
 fn write_isolating(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyhow::Result<u64> {
     let mut tx = client.transaction()?;
-    if write::already_committed(&mut tx, config, batch)? {
+    if store::sink::already_committed(&mut tx, config, batch)? {
         return Ok(0);
     }
     let mut refused = Vec::new();
     for piece in batch.rows() {
         let mut savepoint = tx.transaction()?;
-        match write::write_batch(&mut savepoint, config, &piece) {
+        match store::sink::write_batch(&mut savepoint, config, &piece) {
             Ok(()) => savepoint.commit()?,
             Err(e) if Failure::of(&e) == Failure::Data => {
                 savepoint.rollback()?;
@@ -317,9 +316,9 @@ fn write_isolating(client: &mut Client, config: &SinkConfig, batch: &Batch) -> a
     }
     for (row, reason) in &refused {
         log::error!("sink: {reason}; row {row} stored in dead_letters (partition -1)");
-        write::write_refused(&mut tx, config, row, reason)?;
+        store::sink::write_refused(&mut tx, config, row, reason)?;
     }
-    write::write_progress(&mut tx, config, &batch.progress())?;
+    store::sink::write_progress(&mut tx, config, &batch.progress())?;
     tx.commit()?;
     Ok(refused.len() as u64)
 }

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Every value is a bound parameter; the only text spliced into SQL is table and column names
-//! from the lists below.
+//! from [`super::tables`].
 
 use std::collections::BTreeMap;
 
@@ -16,71 +16,71 @@ use anyhow::Context;
 use postgres::Transaction;
 use streampulse_dataflow::{Aggregate, Alert, Derived, Key, Window};
 
-use super::batch::Batch;
-use super::SinkConfig;
+use super::tables::{sums, KeyValues, StatTable, DERIVED_TABLES, SUMS};
 use crate::api::alert_id;
+use crate::sink::batch::Batch;
+use crate::sink::SinkConfig;
 
 /// Column arrays of a stat table's rows, in the order the upsert statements bind them.
 #[derive(Default)]
 struct Columns {
     window_start: Vec<i64>,
-    a: Vec<String>,
-    b: Vec<String>,
+    /// Per key column: text values, or the partitions of `late_events`.
+    text: Vec<Vec<String>>,
     partition: Vec<i32>,
     sums: [Vec<i64>; 7],
 }
 
 impl Columns {
-    fn push(&mut self, window: Window, a: &str, b: &str, agg: &Aggregate) {
+    fn push(&mut self, window: Window, key: &Key, agg: &Aggregate) {
         self.window_start.push(window.start());
-        self.a.push(a.to_string());
-        self.b.push(b.to_string());
-        let values = [
-            agg.downloads,
-            agg.successful,
-            agg.failed,
-            agg.size_mb,
-            agg.duration_s,
-            agg.speed_milli,
-            agg.cdn_timeouts,
-        ];
-        for (column, value) in self.sums.iter_mut().zip(values) {
+        match StatTable::values(key) {
+            KeyValues::Text(values) => {
+                self.text.resize(values.len(), Vec::new());
+                for (column, value) in self.text.iter_mut().zip(values) {
+                    column.push(value.to_string());
+                }
+            }
+            KeyValues::Partition(partition) => self.partition.push(partition),
+        }
+        for (column, value) in self.sums.iter_mut().zip(sums(agg)) {
             column.push(value);
         }
     }
 }
 
-const SUMS: &str = "downloads, successful, failed, size_mb, duration_s, speed_milli, cdn_timeouts";
-
 /// `INSERT … SELECT FROM unnest(…) ON CONFLICT (key) DO UPDATE SET sum = sum + excluded.sum`.
-fn upsert_sql(table: &str, keys: &[&str], key_types: &[&str]) -> String {
+fn upsert_sql(table: StatTable) -> String {
+    let name = table.name();
+    let keys: Vec<&str> = table.keys().iter().map(|(column, _)| *column).collect();
     let key_cols = keys.join(", ");
     let mut params = vec![
         "to_timestamp(ws::float8 / 1000)".to_string(),
-        format!("to_timestamp((ws + $2::float8) / 1000)"),
+        "to_timestamp((ws + $2::float8) / 1000)".to_string(),
     ];
     let mut unnest = vec!["$1::bigint[]".to_string()];
     let mut aliases = vec!["ws".to_string()];
-    for (i, ty) in key_types.iter().enumerate() {
+    for (i, (_, ty)) in table.keys().iter().enumerate() {
         unnest.push(format!("${}::{}[]", i + 3, ty));
         aliases.push(format!("k{i}"));
         params.push(format!("k{i}"));
     }
-    let first_sum = key_types.len() + 3;
-    for (i, name) in SUMS.split(", ").enumerate() {
+    let first_sum = keys.len() + 3;
+    for (i, column) in SUMS.iter().enumerate() {
         unnest.push(format!("${}::bigint[]", first_sum + i));
-        aliases.push(format!("s_{name}"));
-        params.push(format!("s_{name}"));
+        aliases.push(format!("s_{column}"));
+        params.push(format!("s_{column}"));
     }
     let updates: Vec<String> = SUMS
-        .split(", ")
-        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+        .iter()
+        .map(|c| format!("{c} = {name}.{c} + excluded.{c}"))
         .collect();
     format!(
-        "INSERT INTO {table} (window_start, window_end{comma}{key_cols}, {SUMS})
+        "INSERT INTO {name} (window_start, window_end{comma}{key_cols}, {sums})
          SELECT {select} FROM unnest({unnest}) AS u({aliases})
          ON CONFLICT (window_start{comma}{key_cols}) DO UPDATE SET {updates}, updated_at = now()",
         comma = if keys.is_empty() { "" } else { ", " },
+        sums = SUMS.join(", "),
         select = params.join(", "),
         unnest = unnest.join(", "),
         aliases = aliases.join(", "),
@@ -190,65 +190,28 @@ pub fn write_refused(
 }
 
 fn write_stats(tx: &mut Transaction<'_>, config: &SinkConfig, batch: &Batch) -> anyhow::Result<()> {
-    let mut tables: BTreeMap<&str, Columns> = BTreeMap::new();
+    let mut tables: BTreeMap<StatTable, Columns> = BTreeMap::new();
     for (row, agg) in &batch.stats {
-        let w = row.window;
-        match &row.key {
-            Key::Total => tables
-                .entry("window_totals")
-                .or_default()
-                .push(w, "", "", agg),
-            Key::Content { content_id, title } => tables
-                .entry("content_stats")
-                .or_default()
-                .push(w, content_id, title, agg),
-            Key::Region(region) => tables
-                .entry("region_health")
-                .or_default()
-                .push(w, region, "", agg),
-            Key::Device { device, os_version } => tables
-                .entry("device_stats")
-                .or_default()
-                .push(w, device, os_version, agg),
-            Key::Error { region, error_code } => tables
-                .entry("error_stats")
-                .or_default()
-                .push(w, region, error_code, agg),
-            Key::Late { partition } => {
-                let cols = tables.entry("late_events").or_default();
-                cols.push(w, "", "", agg);
-                cols.partition.push(*partition as i32);
-            }
-        }
+        tables
+            .entry(StatTable::of(&row.key))
+            .or_default()
+            .push(row.window, &row.key, agg);
     }
     let window_ms = config.window_ms as f64;
     for (table, cols) in &tables {
-        let (keys, types): (&[&str], &[&str]) = match *table {
-            "window_totals" => (&[], &[]),
-            "content_stats" => (&["content_id", "title"], &["text", "text"]),
-            "region_health" => (&["region"], &["text"]),
-            "device_stats" => (&["device", "os_version"], &["text", "text"]),
-            "error_stats" => (&["region", "error_code"], &["text", "text"]),
-            "late_events" => (&["partition"], &["int"]),
-            _ => unreachable!("every table is listed"),
-        };
-        let sql = upsert_sql(table, keys, types);
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             vec![&cols.window_start, &window_ms];
-        match keys.len() {
-            0 => {}
-            1 if *table == "late_events" => params.push(&cols.partition),
-            1 => params.push(&cols.a),
-            _ => {
-                params.push(&cols.a);
-                params.push(&cols.b);
-            }
+        if *table == StatTable::LateEvents {
+            params.push(&cols.partition);
         }
-        for sums in &cols.sums {
-            params.push(sums);
+        for column in &cols.text {
+            params.push(column);
         }
-        tx.execute(&sql, &params)
-            .with_context(|| format!("upserting {table}"))?;
+        for column in &cols.sums {
+            params.push(column);
+        }
+        tx.execute(&upsert_sql(*table), &params)
+            .with_context(|| format!("upserting {}", table.name()))?;
     }
     Ok(())
 }
@@ -391,16 +354,8 @@ fn write_side(tx: &mut Transaction<'_>, config: &SinkConfig, batch: &Batch) -> a
 /// Flags rows of windows the watermark has passed.
 fn mark_final(tx: &mut Transaction<'_>, watermark: i64) -> anyhow::Result<()> {
     let wm = watermark as f64;
-    for table in [
-        "content_stats",
-        "region_health",
-        "device_stats",
-        "error_stats",
-        "window_totals",
-        "late_events",
-        "trending",
-        "alerts",
-    ] {
+    let stat_tables = StatTable::ALL.map(StatTable::name);
+    for table in stat_tables.iter().chain(&DERIVED_TABLES) {
         tx.execute(
             &format!(
                 "UPDATE {table} SET is_final = true

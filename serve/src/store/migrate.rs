@@ -9,17 +9,17 @@ use postgres::Client;
 
 /// The migrations, in order, compiled into the binary.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "001_core", include_str!("../../sql/001_core.sql")),
-    (2, "002_views", include_str!("../../sql/002_views.sql")),
+    (1, "001_core", include_str!("../../../sql/001_core.sql")),
+    (2, "002_views", include_str!("../../../sql/002_views.sql")),
     (
         3,
         "003_roles_and_retention",
-        include_str!("../../sql/003_roles_and_retention.sql"),
+        include_str!("../../../sql/003_roles_and_retention.sql"),
     ),
     (
         4,
         "004_revisions",
-        include_str!("../../sql/004_revisions.sql"),
+        include_str!("../../../sql/004_revisions.sql"),
     ),
 ];
 

@@ -1,10 +1,10 @@
-//! Connecting to PostgreSQL, and reading back what a previous run stored so this one can resume.
+//! Connecting to PostgreSQL: the [`Database`] (URL, schema, timeouts, TLS) and the [`Session`] that
+//! puts a deadline on every call.
 //!
 //! `sslmode=require` in the URL encrypts the connection without verifying the server's certificate
 //! (libpq's meaning of `require`); `verify-full` verifies it against the system roots. Every
 //! connection has a connect timeout, TCP keepalives and a statement timeout.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +14,8 @@ use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres::config::SslMode;
 use postgres::{Client, Config, NoTls};
 use postgres_openssl::MakeTlsConnector;
-use streampulse_dataflow::{Aggregate, Key, Resume, Window, WindowKey};
 
-use crate::migrate::check_schema_name;
+use super::migrate::check_schema_name;
 
 /// How long opening a connection may take (unless the URL sets `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,97 +257,6 @@ pub fn redact(url: &str) -> String {
         out.replace_range(start + 9..end, "***");
     }
     out
-}
-
-/// What was stored for `topic`: resume offsets per partition, and the dataflow state to restore.
-pub fn load_resume(
-    client: &mut Client,
-    topic: &str,
-    window_ms: i64,
-    retain_ms: i64,
-) -> anyhow::Result<(BTreeMap<u32, i64>, Resume)> {
-    let mut offsets = BTreeMap::new();
-    let mut resume = Resume::default();
-    let rows = client.query(
-        "SELECT partition, next_offset, (extract(epoch FROM max_timestamp) * 1000)::bigint,
-                (extract(epoch FROM watermark) * 1000)::bigint
-         FROM sink_progress WHERE topic = $1",
-        &[&topic],
-    )?;
-    for row in rows {
-        let partition: i32 = row.get(0);
-        offsets.insert(partition as u32, row.get::<_, i64>(1));
-        if let Some(max_ts) = row.get::<_, Option<i64>>(2) {
-            resume.max_ts.insert(partition as u32, max_ts);
-        }
-        if let Some(watermark) = row.get::<_, Option<i64>>(3) {
-            resume.watermark_ms = Some(
-                resume
-                    .watermark_ms
-                    .map_or(watermark, |w: i64| w.min(watermark)),
-            );
-        }
-    }
-    let Some(watermark) = resume
-        .watermark_ms
-        .or_else(|| resume.max_ts.values().min().copied())
-    else {
-        return Ok((offsets, resume));
-    };
-    // Windows still in retention come back into memory, so derived rows (top-K, alerts, sustained
-    // runs) continue from complete sums.
-    let horizon = (watermark - retain_ms - window_ms) as f64;
-    let sums = "downloads, successful, failed, size_mb, duration_s, speed_milli, cdn_timeouts";
-    let tables: [(&str, &str); 6] = [
-        ("window_totals", "''::text, ''::text"),
-        ("content_stats", "content_id, title"),
-        ("region_health", "region, ''::text"),
-        ("device_stats", "device, os_version"),
-        ("error_stats", "region, error_code"),
-        ("late_events", "partition::text, ''::text"),
-    ];
-    for (table, keys) in tables {
-        let sql = format!(
-            "SELECT (extract(epoch FROM window_start) * 1000)::bigint, {keys}, {sums}
-             FROM {table} WHERE window_end > to_timestamp($1::float8 / 1000)"
-        );
-        for row in client.query(&sql, &[&horizon])? {
-            let window = Window(row.get(0));
-            let (a, b): (String, String) = (row.get(1), row.get(2));
-            let key = match table {
-                "window_totals" => Key::Total,
-                "content_stats" => Key::Content {
-                    content_id: a,
-                    title: b,
-                },
-                "region_health" => Key::Region(a),
-                "device_stats" => Key::Device {
-                    device: a,
-                    os_version: b,
-                },
-                "error_stats" => Key::Error {
-                    region: a,
-                    error_code: b,
-                },
-                _ => Key::Late {
-                    partition: a.parse().context("late_events.partition")?,
-                },
-            };
-            let agg = Aggregate {
-                downloads: row.get(3),
-                successful: row.get(4),
-                failed: row.get(5),
-                size_mb: row.get(6),
-                duration_s: row.get(7),
-                speed_milli: row.get(8),
-                cdn_timeouts: row.get(9),
-            };
-            if agg != Aggregate::default() {
-                resume.rows.push((WindowKey { window, key }, agg));
-            }
-        }
-    }
-    Ok((offsets, resume))
 }
 
 #[cfg(test)]

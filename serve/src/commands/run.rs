@@ -27,11 +27,10 @@ use streampulse_ingest::{Generator, GeneratorSource, Pace, Source};
 
 use crate::api::State;
 use crate::cli::{RunArgs, SourceKind};
-use crate::db::{load_resume, Database, Session};
 use crate::health::Link;
-use crate::migrate::migrate;
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Failure, SinkConfig, SinkError, SinkStats};
+use crate::store::{load_resume, migrate, Database, Session};
 
 /// Updates that may wait for the collector before the dataflow has to pause.
 const UPDATE_BUFFER: usize = 1024;

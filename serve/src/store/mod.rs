@@ -1,0 +1,23 @@
+//! Every line of SQL the product runs, in one place.
+//!
+//! ```text
+//!   connect ── Database (URL, schema, TLS, timeouts), Session (a deadline on every call)
+//!   migrate ── sql/NNN_*.sql, applied once each per schema
+//!   tables ─── StatTable: which table holds each collection, its key columns, Key <-> row
+//!   resume ─── what an earlier run stored: offsets and the windows still in retention
+//!   sink ───── one sink transaction: rows, progress, is_final, revisions, refused rows
+//! ```
+//!
+//! The acknowledgement endpoint's two statements live with its handler (`api::ack`), which runs
+//! them on the async driver.
+
+pub mod connect;
+pub mod migrate;
+pub mod resume;
+pub mod sink;
+pub mod tables;
+
+pub use connect::{redact, Database, Session};
+pub use migrate::migrate;
+pub use resume::load_resume;
+pub use tables::StatTable;
