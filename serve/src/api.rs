@@ -44,7 +44,7 @@ use crate::store::Database;
 
 pub use stats::{alert_id, iso8601, threshold};
 
-pub type Reply = Response<Full<Bytes>>;
+pub use crate::http::Reply;
 
 /// What the handlers read, and what the API keeps between requests.
 pub struct State {
@@ -205,6 +205,14 @@ impl Route {
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
+}
+
+/// The API as the HTTP server's [`Handler`](crate::http::Handler).
+pub fn handler(state: Arc<State>) -> crate::http::Handler {
+    Arc::new(move |req| {
+        let state = state.clone();
+        Box::pin(async move { handle(&state, req).await })
+    })
 }
 
 pub async fn handle(state: &State, req: Request<RequestBody>) -> Reply {

@@ -61,8 +61,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::api::State;
-
 /// Connections open at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Connections one non-loopback client (IPv4 address, IPv6 /64) may hold.
@@ -157,11 +155,28 @@ impl ConnectionStats {
     }
 }
 
-/// Accepts connections until `shutdown` resolves. Connections still open then are dropped with
-/// the runtime.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
-    let limits = within_open_file_limit(state.http_limits, open_file_limit());
-    let registry = Arc::new(Registry::new(limits, state.connections.clone()));
+/// A complete response: the API serialises every answer before it is sent.
+pub type Reply = hyper::Response<http_body_util::Full<Bytes>>;
+
+/// What answers a request (the API in the product; anything in a test).
+pub type Handler = Arc<
+    dyn Fn(Request<RequestBody>) -> std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Accepts connections until `shutdown` resolves, under the policy `limits`, counting in `stats`,
+/// and answers each request with `handler`. Connections still open then are dropped with the
+/// runtime.
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    stats: Arc<ConnectionStats>,
+    handler: Handler,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = within_open_file_limit(limits, open_file_limit());
+    let registry = Arc::new(Registry::new(limits, stats));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -201,7 +216,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, slot, registry.clone(), state.clone()));
+        tokio::spawn(connection(stream, slot, registry.clone(), handler.clone()));
     }
 }
 
@@ -235,21 +250,16 @@ fn within_open_file_limit(mut limits: Limits, open_files: Option<u64>) -> Limits
 }
 
 /// Serves one connection until it ends, times out or is evicted.
-async fn connection(
-    stream: TcpStream,
-    slot: Arc<Slot>,
-    registry: Arc<Registry>,
-    state: Arc<State>,
-) {
+async fn connection(stream: TcpStream, slot: Arc<Slot>, registry: Arc<Registry>, handler: Handler) {
     let limits = registry.limits;
     let service = {
         let slot = slot.clone();
         service_fn(move |req: Request<Incoming>| {
             slot.request_started();
             let req = req.map(|body| RequestBody::new(body, limits.body));
-            let (state, slot) = (state.clone(), slot.clone());
+            let (handler, slot) = (handler.clone(), slot.clone());
             async move {
-                let response = crate::api::handle(&state, req).await;
+                let response = handler(req).await;
                 Ok::<_, Infallible>(response.map(|body| ResponseBody {
                     inner: body,
                     slot: Some(slot),

@@ -100,7 +100,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let stop = shutdown.clone();
             Some(tokio::spawn(crate::http::serve(
                 listener,
-                state,
+                state.http_limits,
+                state.connections.clone(),
+                crate::api::handler(state),
                 async move { stop.requested().await },
             )))
         } else {

@@ -41,16 +41,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{self, Database, Session};
 use batch::{consolidate, Batch, Memory};
 
-/// What the sink needs to know besides the changes.
-#[derive(Clone, Debug)]
-pub struct SinkConfig {
-    pub topic: String,
-    pub window_ms: i64,
-    pub retain_ms: i64,
-    pub rules: streampulse_dataflow::Rules,
-    /// The watermark stored by an earlier run: windows ending at or before it were reported final.
-    pub stored_watermark: Option<i64>,
-}
+pub use crate::store::sink::SinkConfig;
 
 /// What the sink has done and how the database looks to it, for `/health` and `/metrics`.
 #[derive(Debug, Default)]

@@ -19,7 +19,17 @@ use streampulse_dataflow::{Aggregate, Alert, Derived, Key, Window};
 use super::tables::{sums, KeyValues, StatTable, DERIVED_TABLES, SUMS};
 use crate::api::alert_id;
 use crate::sink::batch::Batch;
-use crate::sink::SinkConfig;
+
+/// What the sink needs to know besides the changes.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub topic: String,
+    pub window_ms: i64,
+    pub retain_ms: i64,
+    pub rules: streampulse_dataflow::Rules,
+    /// The watermark stored by an earlier run: windows ending at or before it were reported final.
+    pub stored_watermark: Option<i64>,
+}
 
 /// Column arrays of a stat table's rows, in the order the upsert statements bind them.
 #[derive(Default)]
