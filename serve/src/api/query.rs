@@ -69,28 +69,25 @@ impl Query {
     }
 }
 
+/// Decodes a query-string component: `+` is a space, `%XX` a byte; a `%` not followed by two hex
+/// digits is an error (percent-encoding alone would pass it through), and the result must be UTF-8.
 fn decode(raw: &str) -> Result<String, ApiError> {
     let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(byte.ok_or_else(|| {
-                    ApiError::bad_parameter(format!("bad percent-encoding in {raw:?}"))
-                })?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
+    let malformed = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(ApiError::bad_parameter(format!(
+            "bad percent-encoding in {raw:?}"
+        )));
     }
-    String::from_utf8(out).map_err(|_| ApiError::bad_parameter("parameters must be UTF-8".into()))
+    percent_encoding::percent_decode_str(&raw.replace('+', " "))
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_parameter("parameters must be UTF-8".into()))
 }
 
 #[cfg(test)]
