@@ -11,12 +11,12 @@
 //!   GET /api/stats/alerts ─▶ acknowledged ids, re-read at most every REFRESH ─▶ SELECT id FROM alerts WHERE acknowledged
 //! ```
 //!
-//! Queries go through one reused tokio-postgres connection, driven by a task on the API's runtime.
-//! Nothing here blocks a runtime thread, and nothing needs a runtime to be dropped: the blocking
-//! `postgres::Client` did both, and dropping the last `State` on a runtime thread at shutdown
-//! panicked ("Cannot start a runtime from within a runtime"). Connecting gives up after
-//! [`CONNECT_TIMEOUT`], PostgreSQL cancels any statement of ours after [`STATEMENT_TIMEOUT`], and a
-//! connection that failed or timed out is replaced on the next call. A slow database delays the
+//! Queries (`store::acks`) go through one reused tokio-postgres session
+//! (`store::Database::connect_async`), driven by a task on the API's runtime. Nothing here blocks a
+//! runtime thread, and nothing needs a runtime to be dropped: the blocking `postgres::Client` did
+//! both, and dropping the last `State` on a runtime thread at shutdown panicked ("Cannot start a
+//! runtime from within a runtime"). Every call, connecting included, is bounded by [`DB_TIMEOUT`],
+//! and a session that failed or timed out is replaced on the next call. A slow database delays the
 //! ack call (up to [`DB_TIMEOUT`]), never the alert list: it waits at most [`REFRESH_WAIT`] and
 //! otherwise answers from the ids it already has. The first acknowledgement of an alert is kept:
 //! acknowledging it again changes nothing and returns it. A body that has not arrived within the
@@ -28,22 +28,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use postgres_openssl::MakeTlsConnector;
 use serde_json::{json, Value};
-use tokio_postgres::config::SslMode;
-use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{Client, Config, NoTls, Socket};
+use tokio_postgres::Client;
 
 use super::stats::iso8601;
 use super::ApiError;
 use crate::cli::Secret;
 use crate::http::{BodyTimeout, RequestBody};
-use crate::store::Database;
+use crate::store::{acks, Database};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -58,10 +53,6 @@ const REFRESH_WAIT: Duration = Duration::from_secs(1);
 const MAX_IN_FLIGHT: usize = 16;
 /// How long an ack call (or a refresh of the ids) waits for PostgreSQL, connecting included.
 const DB_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long opening a session may take (TCP, TLS, start-up), unless the URL says otherwise.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// PostgreSQL cancels any statement of ours that runs longer.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Acks {
     shared: Option<Arc<Shared>>,
@@ -72,22 +63,12 @@ pub struct Acks {
 }
 
 struct Shared {
-    target: Result<Target, String>,
+    db: Database,
     /// The session, shared by concurrent queries (tokio-postgres pipelines them); the lock is held
     /// while connecting, so concurrent callers wait for one new session instead of opening many.
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     known: Mutex<Known>,
     refreshing: AtomicBool,
-}
-
-/// Where acknowledgements are stored: the sink's database and schema (`db::Database`), reached
-/// with tokio-postgres. TLS follows `db::Database::connect`: `sslmode=require` encrypts without
-/// verifying the server's certificate, a URL with `sslmode=verify…` verifies it.
-struct Target {
-    config: Config,
-    verify: bool,
-    schema: String,
-    display: String,
 }
 
 #[derive(Default)]
@@ -104,9 +85,8 @@ impl Acks {
     pub fn new(db: Option<Database>, token: Option<&Secret>) -> Acks {
         Acks {
             shared: db.map(|db| {
-                let target = Target::new(&db, db.url()).map_err(|e| format!("{e:#}"));
                 Arc::new(Shared {
-                    target,
+                    db,
                     client: tokio::sync::Mutex::new(None),
                     known: Mutex::new(Known::default()),
                     refreshing: AtomicBool::new(false),
@@ -218,88 +198,19 @@ enum DbError {
     Failed(anyhow::Error),
 }
 
-impl Target {
-    fn new(db: &Database, url: &str) -> anyhow::Result<Target> {
-        let mut config: Config = url
-            .parse()
-            .with_context(|| format!("invalid PostgreSQL URL {}", db.display()))?;
-        if config.get_application_name().is_none() {
-            // As `db::Database`: operators find our sessions in pg_stat_activity.
-            config.application_name("streampulse");
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        Ok(Target {
-            config,
-            verify: url.contains("sslmode=verify"),
-            schema: db.schema.clone(),
-            display: db.display(),
-        })
-    }
-
-    /// Opens a session with `search_path` and `statement_timeout` set; its connection is driven
-    /// by a task that ends when the client is dropped or the server goes away.
-    async fn connect(&self) -> anyhow::Result<Client> {
-        let client = if self.config.get_ssl_mode() == SslMode::Disable {
-            self.start(NoTls).await
-        } else {
-            let mut builder = SslConnector::builder(SslMethod::tls())?;
-            if !self.verify {
-                builder.set_verify(SslVerifyMode::NONE);
-            }
-            let mut tls = MakeTlsConnector::new(builder.build());
-            if !self.verify {
-                tls.set_callback(|config, _| {
-                    config.set_verify_hostname(false);
-                    Ok(())
-                });
-            }
-            self.start(tls).await
-        }
-        .with_context(|| format!("connecting to {}", self.display))?;
-        client
-            .batch_execute(&format!(
-                "SET search_path TO {}; SET statement_timeout = {}",
-                self.schema,
-                STATEMENT_TIMEOUT.as_millis()
-            ))
-            .await?;
-        Ok(client)
-    }
-
-    async fn start<T>(&self, tls: T) -> Result<Client, tokio_postgres::Error>
-    where
-        T: MakeTlsConnect<Socket>,
-        T::Stream: Send + 'static,
-    {
-        let (client, connection) = self.config.connect(tls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                log::debug!("acknowledgements' PostgreSQL session ended: {e}");
-            }
-        });
-        Ok(client)
-    }
-}
-
 impl Shared {
-    fn display(&self) -> &str {
-        match &self.target {
-            Ok(target) => &target.display,
-            Err(_) => "PostgreSQL",
-        }
+    fn display(&self) -> String {
+        self.db.display()
     }
 
     /// The open session, or a new one.
     async fn client(&self) -> anyhow::Result<Arc<Client>> {
-        let target = self.target.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut slot = self.client.lock().await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
         *slot = None;
-        let client = Arc::new(target.connect().await?);
+        let client = Arc::new(self.db.connect_async().await?);
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -341,18 +252,11 @@ impl Shared {
         }
         let _done = Done(&self.refreshing);
         let result = self
-            .with_client(|c| async move {
-                c.query(
-                    "SELECT id FROM alerts WHERE acknowledged AND window_start >= to_timestamp($1::float8 / 1000)",
-                    &[&(since_ms as f64)],
-                )
-                .await
-            })
+            .with_client(|c| async move { acks::acknowledged_since(&c, since_ms).await })
             .await;
         let mut known = self.known.lock().expect("acks lock");
         match result {
-            Ok(rows) => {
-                let ids: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+            Ok(ids) => {
                 if *known.ids != ids {
                     known.ids = Arc::new(ids);
                     known.generation += 1;
@@ -375,44 +279,28 @@ impl Shared {
     }
 
     async fn acknowledge(&self, id: i64, by: Option<&str>) -> Result<Option<Value>, DbError> {
-        // Every SET expression sees the row as it was, so a second acknowledgement keeps the first
-        // one's time and name.
-        let row = self
-            .with_client(|c| async move {
-                c.query_opt(
-                    "UPDATE alerts SET acknowledged = true,
-                     acknowledged_at = CASE WHEN acknowledged THEN acknowledged_at ELSE now() END,
-                     acknowledged_by = CASE WHEN acknowledged THEN acknowledged_by ELSE $2 END
-                 WHERE id = $1
-                 RETURNING id, alert_type, severity, message, region, metric_name, metric_value,
-                     threshold_value, (extract(epoch FROM window_start) * 1000)::bigint,
-                     (extract(epoch FROM window_end) * 1000)::bigint,
-                     (extract(epoch FROM raised_at) * 1000)::bigint, is_final, acknowledged,
-                     (extract(epoch FROM acknowledged_at) * 1000)::bigint, acknowledged_by",
-                    &[&id, &by],
-                )
-                .await
-            })
+        let by = by.map(str::to_string);
+        let alert = self
+            .with_client(|c| async move { acks::acknowledge(&c, id, by.as_deref()).await })
             .await?;
-        Ok(row.map(|r| {
-            let window_start: i64 = r.get(8);
+        Ok(alert.map(|a| {
             json!({
-                "id": r.get::<_, i64>(0),
-                "alert_type": r.get::<_, String>(1),
-                "severity": r.get::<_, String>(2),
-                "message": r.get::<_, String>(3),
-                "region": r.get::<_, String>(4),
-                "metric_name": r.get::<_, String>(5),
-                "metric_value": r.get::<_, f64>(6),
-                "threshold_value": r.get::<_, f64>(7),
-                "created_at": iso8601(window_start),
-                "window_start": iso8601(window_start),
-                "window_end": iso8601(r.get(9)),
-                "raised_at": iso8601(r.get(10)),
-                "is_final": r.get::<_, bool>(11),
-                "acknowledged": r.get::<_, bool>(12),
-                "acknowledged_at": r.get::<_, Option<i64>>(13).map(iso8601),
-                "acknowledged_by": r.get::<_, Option<String>>(14),
+                "id": a.id,
+                "alert_type": a.alert_type,
+                "severity": a.severity,
+                "message": a.message,
+                "region": a.region,
+                "metric_name": a.metric_name,
+                "metric_value": a.metric_value,
+                "threshold_value": a.threshold_value,
+                "created_at": iso8601(a.window_start),
+                "window_start": iso8601(a.window_start),
+                "window_end": iso8601(a.window_end),
+                "raised_at": iso8601(a.raised_at),
+                "is_final": a.is_final,
+                "acknowledged": a.acknowledged,
+                "acknowledged_at": a.acknowledged_at.map(iso8601),
+                "acknowledged_by": a.acknowledged_by,
             })
         }))
     }

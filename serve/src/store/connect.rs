@@ -28,6 +28,8 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Database {
     config: Config,
+    /// The same settings for the async driver (the blocking `Config` does not convert back).
+    async_config: tokio_postgres::Config,
     url: String,
     verify: bool,
     pub schema: String,
@@ -58,8 +60,20 @@ impl Database {
             .keepalives_retries(3)
             .tcp_user_timeout(TCP_USER_TIMEOUT);
         let verify = url.contains("sslmode=verify");
+        let mut async_config: tokio_postgres::Config = url
+            .parse()
+            .with_context(|| format!("invalid PostgreSQL URL {}", redact(url)))?;
+        async_config
+            .application_name(config.get_application_name().unwrap_or("streampulse"))
+            .connect_timeout(*config.get_connect_timeout().unwrap_or(&CONNECT_TIMEOUT))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         Ok(Database {
             config,
+            async_config,
             url: url.to_string(),
             verify,
             schema: schema.to_string(),
@@ -76,31 +90,61 @@ impl Database {
         redact(&self.url)
     }
 
-    /// Opens a session with `search_path` set to the schema.
-    pub fn connect(&self) -> anyhow::Result<Client> {
-        let mut client = if self.config.get_ssl_mode() == SslMode::Disable {
-            self.config.connect(NoTls)
-        } else {
-            let mut builder = SslConnector::builder(SslMethod::tls())?;
-            if !self.verify {
-                builder.set_verify(SslVerifyMode::NONE);
-            }
-            let mut tls = MakeTlsConnector::new(builder.build());
-            if !self.verify {
-                tls.set_callback(|config, _| {
-                    config.set_verify_hostname(false);
-                    Ok(())
-                });
-            }
-            self.config.connect(tls)
+    /// The TLS connector the URL asks for (`None` with `sslmode=disable`).
+    fn tls(&self) -> anyhow::Result<Option<MakeTlsConnector>> {
+        if self.config.get_ssl_mode() == SslMode::Disable {
+            return Ok(None);
         }
-        .with_context(|| format!("connecting to {}", self.display()))?;
-        client.batch_execute(&format!(
+        let mut builder = SslConnector::builder(SslMethod::tls())?;
+        if !self.verify {
+            builder.set_verify(SslVerifyMode::NONE);
+        }
+        let mut tls = MakeTlsConnector::new(builder.build());
+        if !self.verify {
+            tls.set_callback(|config, _| {
+                config.set_verify_hostname(false);
+                Ok(())
+            });
+        }
+        Ok(Some(tls))
+    }
+
+    /// What every session runs first: the schema, and the statement timeout.
+    fn session_setup(&self) -> String {
+        format!(
             "SET search_path TO {}; SET statement_timeout = {}",
             self.schema,
             STATEMENT_TIMEOUT.as_millis()
-        ))?;
+        )
+    }
+
+    /// Opens a blocking session (for the sink's [`Session`] thread and `streampulse migrate`).
+    pub fn connect(&self) -> anyhow::Result<Client> {
+        let mut client = match self.tls()? {
+            None => self.config.connect(NoTls),
+            Some(tls) => self.config.connect(tls),
+        }
+        .with_context(|| format!("connecting to {}", self.display()))?;
+        client.batch_execute(&self.session_setup())?;
         Ok(client)
+    }
+
+    /// Opens a session on the async driver, for callers on a tokio runtime (the API): its
+    /// connection is driven by a task that ends when the client is dropped or the server goes away,
+    /// and the whole attempt is bounded by [`Database::connect_deadline`].
+    pub async fn connect_async(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let attempt = async {
+            let client = match self.tls()? {
+                None => spawn_connection(self.async_config.connect(NoTls).await?),
+                Some(tls) => spawn_connection(self.async_config.connect(tls).await?),
+            };
+            client.batch_execute(&self.session_setup()).await?;
+            anyhow::Ok(client)
+        };
+        tokio::time::timeout(self.connect_deadline(), attempt)
+            .await
+            .map_err(|_| timed_out(format!("{} did not answer in time", self.display())))?
+            .with_context(|| format!("connecting to {}", self.display()))
     }
 
     /// How long a connection attempt may take from first byte to a ready session: the socket-level
@@ -112,6 +156,22 @@ impl Database {
             .unwrap_or(CONNECT_TIMEOUT)
             + Duration::from_secs(5)
     }
+}
+
+/// Drives an async connection on a task of its own, and hands back its client.
+fn spawn_connection<S, T>(
+    (client, connection): (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+) -> tokio_postgres::Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!("a PostgreSQL session ended: {e}");
+        }
+    });
+    client
 }
 
 /// A connection that lives on a thread of its own, so that every call on it has a deadline.

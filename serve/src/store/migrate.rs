@@ -45,17 +45,22 @@ pub fn check_schema_name(schema: &str) -> anyhow::Result<()> {
 /// Returns how many migrations were applied.
 pub fn migrate(client: &mut Client, schema: &str) -> anyhow::Result<usize> {
     check_schema_name(schema)?;
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
-             SET search_path TO {schema};
-             CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version integer PRIMARY KEY,
-                 name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             );"
-        ))
-        .with_context(|| format!("preparing schema {schema}"))?;
+    // Processes of a cluster start together and all migrate: one at a time per schema, from the
+    // schema's creation on (two concurrent `CREATE SCHEMA IF NOT EXISTS` can collide).
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&schema])?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         SET LOCAL search_path TO {schema};
+         CREATE TABLE IF NOT EXISTS schema_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .with_context(|| format!("preparing schema {schema}"))?;
+    tx.commit()?;
+    client.batch_execute(&format!("SET search_path TO {schema}"))?;
     let mut applied = 0;
     for &(version, name, sql) in MIGRATIONS {
         let mut tx = client.transaction()?;

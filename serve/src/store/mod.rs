@@ -6,11 +6,10 @@
 //!   tables ─── StatTable: which table holds each collection, its key columns, Key <-> row
 //!   resume ─── what an earlier run stored: offsets and the windows still in retention
 //!   sink ───── one sink transaction: rows, progress, is_final, revisions, refused rows
+//!   acks ───── the acknowledgement endpoint's statements (async driver)
 //! ```
-//!
-//! The acknowledgement endpoint's two statements live with its handler (`api::ack`), which runs
-//! them on the async driver.
 
+pub mod acks;
 pub mod connect;
 pub mod migrate;
 pub mod resume;
