@@ -318,6 +318,7 @@ fn expected_fields(path: &str) -> (Vec<&'static str>, Vec<&'static str>) {
                 "total_downloads",
                 "unique_content",
                 "avg_success_rate",
+                "health_status",
                 "avg_download_time",
                 "successful_downloads",
                 "failed_downloads",

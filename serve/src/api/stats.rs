@@ -173,6 +173,7 @@ fn realtime(input: &Input, q: &Query) -> Result<Value, ApiError> {
         "total_downloads": total.downloads,
         "unique_content": titles.len(),
         "avg_success_rate": round(total.success_rate(), 3),
+        "health_status": health_status(total.success_rate()),
         "avg_download_time": (total.downloads > 0).then(|| round(total.avg_duration_s(), 1)),
         "successful_downloads": total.successful,
         "failed_downloads": total.failed,

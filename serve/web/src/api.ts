@@ -5,6 +5,8 @@ export interface Realtime {
   total_downloads: number;
   unique_content: number;
   avg_success_rate: number;
+  /** The API's health level for `avg_success_rate` (the thresholds live in the server alone). */
+  health_status: HealthStatus;
   avg_download_time: number | null;
   successful_downloads: number;
   failed_downloads: number;

@@ -36,13 +36,6 @@ export function formatDuration(seconds: number): string {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
-/** The same thresholds as the API's `health_status`: healthy ≥ 0.95 > degraded ≥ 0.90 > critical. */
-export function healthOf(successRate: number): "healthy" | "degraded" | "critical" {
-  if (successRate >= 0.95) return "healthy";
-  if (successRate >= 0.9) return "degraded";
-  return "critical";
-}
-
 /** "HIGH_ERROR_RATE" → "High error rate", keeping "CDN" as it is. */
 export function humanize(constant: string): string {
   const words = constant.toLowerCase().split("_");

@@ -19,7 +19,6 @@ import {
   formatHourMinute,
   formatInt,
   formatPercent,
-  healthOf,
   humanize,
 } from "./format";
 
@@ -123,7 +122,7 @@ export class Dashboard {
       r.unique_content,
       `titles · ${formatCompact(r.total_size_gb)} GB transferred`,
     );
-    const health = healthOf(r.avg_success_rate);
+    const health = r.health_status;
     setCard("success-rate", formatPercent(r.avg_success_rate), r.avg_success_rate, `${health} · target ≥ 95%`);
     byTestId("card-success-rate").dataset.status = r.total_downloads > 0 ? health : "";
     const t = r.avg_download_time;
