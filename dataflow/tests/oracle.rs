@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use streampulse_dataflow::oracle::{recompute, Oracle};
-use streampulse_dataflow::{execute, Config, Counters, Derived, Key, Limits, Rule, View, Window};
+use streampulse_dataflow::{
+    execute, Caller, Config, Counters, Derived, Key, Limits, Plan, Rule, View, Window,
+};
 use streampulse_ingest::generator::{Rng, FAULT_END_MIN, FAULT_START_MIN};
 use streampulse_ingest::source::owns;
 use streampulse_ingest::{Generator, Record, Scenario, VecSource};
@@ -68,14 +70,23 @@ fn run(
             max_ledger_windows: max_ledger,
         }
     });
-    let limits = Limits {
-        batch_max,
-        ..Limits::default()
+    let plan = Plan {
+        config: config.clone(),
+        limits: Limits {
+            batch_max,
+            ..Limits::default()
+        },
+        ..Plan::default()
+    };
+    let caller = Caller {
+        output: Some(tx),
+        stop: Arc::new(AtomicBool::new(false)),
+        counters,
     };
     execute(
         timely::Config::process(workers),
-        config.clone(),
-        limits,
+        plan,
+        caller,
         move |w, peers| {
             let mine = per_worker[w]
                 .lock()
@@ -85,10 +96,6 @@ fn run(
             let parts = (0..partitions).filter(|&p| owns(p, w, peers)).collect();
             Box::new(VecSource::new(parts, mine, batch_max))
         },
-        Default::default(),
-        Some(tx),
-        Arc::new(AtomicBool::new(false)),
-        counters,
     )
     .expect("the dataflow runs");
     collector.join().unwrap()

@@ -42,7 +42,7 @@ use crate::cli::ApiArgs;
 use crate::db::Database;
 use crate::http::{ConnectionStats, Limits, RequestBody};
 
-pub use stats::{alert_id, iso8601, threshold};
+pub use stats::iso8601;
 
 pub type Reply = Response<Full<Bytes>>;
 
