@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
-use streampulse_dataflow::{execute, Config, Counters, Limits, View};
+use streampulse_dataflow::{execute, Caller, Config, Counters, Limits, Plan, View};
 use streampulse_ingest::source::owns;
 use streampulse_ingest::{Generator, Record, Scenario, VecSource};
 
@@ -91,13 +91,23 @@ pub fn dataflow_run(
         go.wait();
         *clock.lock().expect("not poisoned") = Some(Instant::now());
     });
-    execute(
-        timely::Config::process(workers),
-        config.clone(),
-        Limits {
+    let plan = Plan {
+        config: config.clone(),
+        limits: Limits {
             batch_max,
             ..Limits::default()
         },
+        ..Plan::default()
+    };
+    let caller = Caller {
+        output: Some(tx),
+        stop: Arc::new(AtomicBool::new(false)),
+        counters: Arc::new(Counters::default()),
+    };
+    execute(
+        timely::Config::process(workers),
+        plan,
+        caller,
         move |w, peers| {
             let mine = materialise(events, seed, w, peers);
             let parts = (0..BENCH_PARTITIONS)
@@ -107,10 +117,6 @@ pub fn dataflow_run(
             ready.wait();
             Box::new(source)
         },
-        Default::default(),
-        Some(tx),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Counters::default()),
     )
     .expect("the dataflow runs");
     let finished = Instant::now();

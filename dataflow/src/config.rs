@@ -1,5 +1,6 @@
 //! The knobs of the computation, with the defaults of SPEC §4.
 
+use crate::error::Error;
 use crate::rules::Rules;
 
 #[derive(Clone, Debug)]
@@ -31,21 +32,106 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every setting; the first one out of range is the error
+    /// ([`Error::InvalidConfig`]).
+    pub fn validate(&self) -> Result<(), Error> {
         // A day at most: the sums of a row stay exact for any rate below 10 M events/s per key
         // (see `aggregate`).
         if self.window_ms <= 0 || self.window_ms > 86_400_000 {
-            return Err("window must be between 1 ms and one day".into());
+            return Err(Error::invalid(
+                "window_ms",
+                "window must be between 1 ms and one day",
+            ));
         }
         if !(0..=86_400_000).contains(&self.lateness_ms) {
-            return Err("lateness must be between 0 and one day".into());
+            return Err(Error::invalid(
+                "lateness_ms",
+                "lateness must be between 0 and one day",
+            ));
         }
         if self.retain_ms < self.window_ms || self.retain_ms > 30 * 86_400_000 {
-            return Err("retention must be at least one window and at most 30 days".into());
+            return Err(Error::invalid(
+                "retain_ms",
+                "retention must be at least one window and at most 30 days",
+            ));
         }
         if self.top_k == 0 {
-            return Err("top-k must be at least 1".into());
+            return Err(Error::invalid("top_k", "top-k must be at least 1"));
         }
         self.rules.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_setting_names_its_field() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let cases = [
+            (
+                Config {
+                    window_ms: 0,
+                    ..Config::default()
+                },
+                "window_ms",
+            ),
+            (
+                Config {
+                    lateness_ms: -1,
+                    ..Config::default()
+                },
+                "lateness_ms",
+            ),
+            (
+                Config {
+                    retain_ms: 1,
+                    ..Config::default()
+                },
+                "retain_ms",
+            ),
+            (
+                Config {
+                    top_k: 0,
+                    ..Config::default()
+                },
+                "top_k",
+            ),
+            (
+                Config {
+                    rules: Rules {
+                        cdn_share: 1.5,
+                        ..Rules::default()
+                    },
+                    ..Config::default()
+                },
+                "rules.cdn_share",
+            ),
+            (
+                Config {
+                    rules: Rules {
+                        sustained_windows: 0,
+                        ..Rules::default()
+                    },
+                    ..Config::default()
+                },
+                "rules.sustained_windows",
+            ),
+        ];
+        for (config, expected) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        // The message is the reason alone, as before the error had a type.
+        let error = Config {
+            top_k: 0,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(error.to_string(), "top-k must be at least 1");
     }
 }

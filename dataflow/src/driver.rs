@@ -24,90 +24,34 @@
 //! as side records ([`Side::Stat`]), so the stored sums still count them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use streampulse_ingest::{DeadLetter, Poll, Record, Source};
 use timely::worker::Worker;
 
-use crate::aggregate::{Aggregate, WindowKey};
 use crate::batch::{combine, Ledger};
-use crate::build::{build, build_marks, Change, Sample, Side};
-use crate::config::Config;
+use crate::error::Error;
+use crate::graph::{build, build_marks};
 use crate::marks::{Mark, Marks};
+use crate::output::{Change, Sample, Side, Update};
+use crate::run::{Caller, Plan};
 use crate::window::{epoch_now, Clock, Time};
 
-/// What worker 0 reports: new changes, the dataflow's frontier (the epoch before which every change
-/// has been reported; `None` once every input is closed and everything is final), and the global
-/// watermark the output is complete up to (windows ending at or before it are final).
-#[derive(Clone, Debug)]
-pub struct Update {
-    pub changes: Vec<Change>,
-    pub frontier: Option<Time>,
-    pub watermark: Option<i64>,
-}
-
-/// Counters shared by all workers, read by the status line and the metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub events: AtomicU64,
-    pub late: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub batches: AtomicU64,
-    /// Windows held in the workers' ledgers (what retention bounds).
-    pub ledger_windows: AtomicU64,
-}
-
-/// Limits of one worker loop.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Most records fed as one batch (one input time).
-    pub batch_max: usize,
-    /// How long a worker waits for its previous batch to pass the frontier before feeding more.
-    pub max_wait: Duration,
-    /// Most records per second this worker reads (`None`: as fast as it can), to cap catch-up load.
-    pub max_rate: Option<f64>,
-    /// Keep every this-many-th offset of a partition in the raw-event sample (`None`: no sample;
-    /// only a sink stores it).
-    pub sample_every: Option<i64>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            batch_max: 100_000,
-            max_wait: Duration::from_secs(1),
-            max_rate: None,
-            sample_every: None,
-        }
-    }
-}
-
-/// State stored by a previous run, to continue from exactly where its output ends.
-#[derive(Clone, Debug, Default)]
-pub struct Resume {
-    /// Stat rows of the windows still in retention, fed once (by worker 0) at [`RESTORE_TIME`].
-    pub rows: Vec<(WindowKey, Aggregate)>,
-    /// Newest timestamp per partition, so lateness is judged as if the run had never stopped.
-    pub max_ts: BTreeMap<u32, i64>,
-    /// The stored watermark: windows ending at or before it were already reported final.
-    pub watermark_ms: Option<i64>,
-}
-
-/// Runs one worker until its source is done (or `stop` is set) and all its output has left.
-#[allow(clippy::too_many_arguments)]
-pub fn run_worker(
-    worker: &mut Worker,
-    config: &Config,
-    limits: Limits,
-    source: &mut dyn Source,
-    resume: &Resume,
-    output: Option<&Sender<Update>>,
-    stop: &AtomicBool,
-    counters: &Counters,
-) {
+/// Runs one worker over `source` until the source is done (or the caller's `stop` is set) and all
+/// its output has left. The worker with global index 0 sends the [`Update`]s to the caller's output.
+pub fn run_worker(worker: &mut Worker, plan: &Plan, caller: &Caller, source: &mut dyn Source) {
+    let Plan {
+        config,
+        limits,
+        resume,
+    } = plan;
+    let Caller {
+        output,
+        stop,
+        counters,
+    } = caller;
+    let output = output.as_ref().filter(|_| worker.index() == 0);
     let dataflow = build(worker, config);
     let (marks_input, received) = build_marks(worker);
     let mut marks_input = Some(marks_input);
@@ -380,42 +324,29 @@ fn sample(record: &Record) -> Sample {
 }
 
 /// Runs the dataflow on timely workers built from `timely_config` and blocks until all are done.
-/// (The arguments are the run's independent inputs; bundling them would only rename them.)
 /// `make_source(worker, workers)` gives each worker its source; the worker with global index 0 sends
-/// its updates to `output`.
-#[allow(clippy::too_many_arguments)]
+/// its updates to the caller's output.
+///
+/// Fails with [`Error::InvalidConfig`] before anything starts, [`Error::Start`] when timely cannot
+/// start its workers, and [`Error::WorkerPanicked`] when a worker did not finish.
 pub fn execute<F>(
     timely_config: timely::Config,
-    config: Config,
-    limits: Limits,
+    plan: Plan,
+    caller: Caller,
     make_source: F,
-    resume: Resume,
-    output: Option<Sender<Update>>,
-    stop: Arc<AtomicBool>,
-    counters: Arc<Counters>,
-) -> Result<(), String>
+) -> Result<(), Error>
 where
     F: Fn(usize, usize) -> Box<dyn Source> + Send + Sync + 'static,
 {
-    config.validate()?;
+    plan.config.validate()?;
     let guards = timely::execute(timely_config, move |worker| {
-        let index = worker.index();
-        let peers = worker.peers();
-        let mut source = make_source(index, peers);
-        let output = if index == 0 { output.as_ref() } else { None };
-        run_worker(
-            worker,
-            &config,
-            limits,
-            source.as_mut(),
-            &resume,
-            output,
-            &stop,
-            &counters,
-        );
-    })?;
+        let mut source = make_source(worker.index(), worker.peers());
+        run_worker(worker, &plan, &caller, source.as_mut());
+    })
+    .map_err(Error::Start)?;
     for result in guards.join() {
-        result?;
+        // timely reports a panic only as its payload's `Debug` ("Any { .. }"): nothing to keep.
+        result.map_err(|_| Error::WorkerPanicked)?;
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use streampulse_ingest::{Event, Record};
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
-use crate::build::Derived;
 use crate::config::Config;
+use crate::output::Derived;
 use crate::rules::{Alert, Rule, Severity};
 use crate::window::Window;
 

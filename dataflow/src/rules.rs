@@ -1,12 +1,16 @@
-//! The alert rules of SPEC §5 and their configurable thresholds.
+//! The alert rules of SPEC §5 and their configurable thresholds, the stable id of an alert, and the
+//! health levels of a region.
 //!
 //! A rule looks at one region's [`Aggregate`] in one window (or, for the sustained rule, at a run of
 //! consecutive windows). Alerts are a maintained collection: on an open window an alert can appear and
-//! clear again as counts change.
+//! clear again as counts change. An alert keeps one id ([`Alert::id`]) however often it comes and
+//! goes, which is how the stored alerts (and their acknowledgements) find it again. [`Health`] grades
+//! a region's success rate for the API.
 
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
+use crate::error::Error;
 use crate::window::Window;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -71,6 +75,24 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// A stable id: the same rule, region and window always get the same id, in every run and
+    /// process. PostgreSQL stores alerts (and their acknowledgements) under it, so it must never
+    /// change: FNV-1a over `"RULE_NAME|region|window start"`, kept within JavaScript's exact integer
+    /// range (53 bits) for the API's JSON.
+    pub fn id(&self) -> i64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let key = format!(
+            "{}|{}|{}",
+            self.rule.name(),
+            self.region,
+            self.window.start()
+        );
+        for byte in key.bytes() {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (hash & ((1 << 53) - 1)) as i64
+    }
+
     /// The value compared with the threshold (a rate, or a speed in Mbps).
     pub fn metric_value(&self) -> f64 {
         match self.rule {
@@ -138,18 +160,46 @@ impl Default for Rules {
 }
 
 impl Rules {
-    pub fn validate(&self) -> Result<(), String> {
-        let unit = |x: f64| (0.0..=1.0).contains(&x);
-        if !unit(self.error_rate) || !unit(self.critical_success_rate) || !unit(self.cdn_share) {
-            return Err("alert rates must lie between 0 and 1".into());
+    /// Checks every threshold; the first one out of range is the error ([`Error::InvalidConfig`],
+    /// with the field's path in [`crate::config::Config`]).
+    pub fn validate(&self) -> Result<(), Error> {
+        let rates = [
+            ("rules.error_rate", self.error_rate),
+            ("rules.critical_success_rate", self.critical_success_rate),
+            ("rules.cdn_share", self.cdn_share),
+        ];
+        if let Some((field, _)) = rates
+            .into_iter()
+            .find(|(_, rate)| !(0.0..=1.0).contains(rate))
+        {
+            return Err(Error::invalid(
+                field,
+                "alert rates must lie between 0 and 1",
+            ));
         }
         if !(1..=60).contains(&self.sustained_windows) {
-            return Err("sustained windows must be between 1 and 60".into());
+            return Err(Error::invalid(
+                "rules.sustained_windows",
+                "sustained windows must be between 1 and 60",
+            ));
         }
         if self.slow_mbps < 0.0 {
-            return Err("slow threshold must not be negative".into());
+            return Err(Error::invalid(
+                "rules.slow_mbps",
+                "slow threshold must not be negative",
+            ));
         }
         Ok(())
+    }
+
+    /// The threshold `rule` compares its measure ([`Alert::metric_value`]) with: a rate, or a speed
+    /// in Mbps.
+    pub fn threshold(&self, rule: Rule) -> f64 {
+        match rule {
+            Rule::HighErrorRate | Rule::SustainedErrorRate => self.error_rate,
+            Rule::SlowDownloads => self.slow_mbps,
+            Rule::CdnFailure => self.cdn_share,
+        }
     }
 
     /// The single-window rules that hold for a region's sums.
@@ -173,6 +223,37 @@ impl Rules {
             fired.push((Rule::CdnFailure, Severity::Critical));
         }
         fired
+    }
+}
+
+/// How well a region is doing, by its success rate: healthy ≥ 0.95 > degraded ≥ 0.90 > critical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Critical,
+}
+
+impl Health {
+    /// The level of a success rate (a fraction, 0–1; no downloads at all count as critical, as the
+    /// rate of an empty sum is 0).
+    pub fn of(success_rate: f64) -> Health {
+        if success_rate >= 0.95 {
+            Health::Healthy
+        } else if success_rate >= 0.90 {
+            Health::Degraded
+        } else {
+            Health::Critical
+        }
+    }
+
+    /// The name the API reports (`health_status`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Critical => "critical",
+        }
     }
 }
 
@@ -215,5 +296,75 @@ mod tests {
         assert!(rules.evaluate(&region(100, 96, 4, 30, 4)).is_empty());
         // Too few downloads: nothing fires, however bad.
         assert!(rules.evaluate(&region(4, 0, 4, 1, 4)).is_empty());
+    }
+
+    fn alert(rule: Rule, region: &str, start: i64) -> Alert {
+        Alert {
+            window: Window(start),
+            region: region.to_string(),
+            rule,
+            severity: Severity::Warning,
+            measure: Aggregate::default(),
+        }
+    }
+
+    #[test]
+    fn alert_ids_never_change() {
+        // Computed with the function this replaces (`serve::api::stats::alert_id`): stored alerts
+        // and their acknowledgements are keyed by these values.
+        let cases = [
+            (
+                Rule::HighErrorRate,
+                "US-East",
+                1_700_000_040_000,
+                4_937_309_049_810_149,
+            ),
+            (
+                Rule::SustainedErrorRate,
+                "EU-West",
+                0,
+                6_106_159_833_707_715,
+            ),
+            (
+                Rule::SlowDownloads,
+                "ASIA-Tokyo",
+                1_699_999_980_000,
+                857_455_181_137_192,
+            ),
+            (Rule::CdnFailure, "", -60_000, 1_758_837_603_999_002),
+        ];
+        for (rule, region, start, id) in cases {
+            assert_eq!(
+                alert(rule, region, start).id(),
+                id,
+                "{rule:?} {region} {start}"
+            );
+        }
+        // Only rule, region and window identify an alert; severity and sums do not.
+        let mut other = alert(Rule::HighErrorRate, "US-East", 1_700_000_040_000);
+        other.severity = Severity::Critical;
+        other.measure.downloads = 7;
+        assert_eq!(other.id(), 4_937_309_049_810_149);
+        // Within JavaScript's exact integers.
+        assert!((0..1 << 53).contains(&other.id()));
+    }
+
+    #[test]
+    fn each_rule_has_its_threshold() {
+        let rules = Rules::default();
+        assert_eq!(rules.threshold(Rule::HighErrorRate), 0.10);
+        assert_eq!(rules.threshold(Rule::SustainedErrorRate), 0.10);
+        assert_eq!(rules.threshold(Rule::SlowDownloads), 15.0);
+        assert_eq!(rules.threshold(Rule::CdnFailure), 0.05);
+    }
+
+    #[test]
+    fn health_levels() {
+        assert_eq!(Health::of(1.0), Health::Healthy);
+        assert_eq!(Health::of(0.95).name(), "healthy");
+        assert_eq!(Health::of(0.9499).name(), "degraded");
+        assert_eq!(Health::of(0.90).name(), "degraded");
+        assert_eq!(Health::of(0.8999).name(), "critical");
+        assert_eq!(Health::of(0.0), Health::Critical);
     }
 }

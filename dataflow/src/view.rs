@@ -12,8 +12,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
-use crate::build::{Change, Derived, Side};
-use crate::driver::Update;
+use crate::output::{Change, Derived, Side, Update};
 use crate::rules::Alert;
 use crate::window::{Time, Window, RESTORE_TIME};
 

@@ -7,7 +7,7 @@
 //! may commit, always follows processing, whatever the partitions' event times do. Whether a window
 //! is complete is a separate question, answered by the watermark: the minimum over active
 //! partitions of (newest timestamp − lateness), which workers tell each other in
-//! `driver::Mark`s. A window is final once the watermark has reached its end. Each worker keeps its
+//! [`Mark`](crate::marks::Mark)s. A window is final once the watermark has reached its end. Each worker keeps its
 //! inputs' times coarse: one epoch per batch.
 
 use std::collections::BTreeMap;

@@ -42,7 +42,7 @@ use crate::cli::ApiArgs;
 use crate::http::{ConnectionStats, Limits, RequestBody};
 use crate::store::Database;
 
-pub use stats::{alert_id, iso8601, threshold};
+pub use stats::iso8601;
 
 pub use crate::http::Reply;
 

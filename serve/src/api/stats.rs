@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use differential_dataflow::difference::Semigroup;
 use serde_json::{json, Value};
-use streampulse_dataflow::{Aggregate, Alert, Counters, Key, Rule, Rules, View, WindowState};
+use streampulse_dataflow::{Aggregate, Alert, Counters, Health, Key, Rules, View, WindowState};
 
 use super::query::Query;
 use super::ApiError;
@@ -173,7 +173,7 @@ fn realtime(input: &Input, q: &Query) -> Result<Value, ApiError> {
         "total_downloads": total.downloads,
         "unique_content": titles.len(),
         "avg_success_rate": round(total.success_rate(), 3),
-        "health_status": health_status(total.success_rate()),
+        "health_status": Health::of(total.success_rate()).name(),
         "avg_download_time": (total.downloads > 0).then(|| round(total.avg_duration_s(), 1)),
         "successful_downloads": total.successful,
         "failed_downloads": total.failed,
@@ -211,17 +211,6 @@ fn trending(input: &Input, q: &Query) -> Result<Value, ApiError> {
     Ok(json!({ "count": data.len(), "data": data, "window_minutes": minutes }))
 }
 
-/// healthy ≥ 0.95 > degraded ≥ 0.90 > critical.
-pub fn health_status(success_rate: f64) -> &'static str {
-    if success_rate >= 0.95 {
-        "healthy"
-    } else if success_rate >= 0.90 {
-        "degraded"
-    } else {
-        "critical"
-    }
-}
-
 fn regions(input: &Input, q: &Query) -> Result<Value, ApiError> {
     let minutes = q.int("minutes", 5, 1, 60)?;
     let view = input.view;
@@ -241,35 +230,11 @@ fn regions(input: &Input, q: &Query) -> Result<Value, ApiError> {
                 "avg_speed": round(a.avg_speed_mbps(), 1),
                 "avg_duration_s": round(a.avg_duration_s(), 1),
                 "total_size_gb": round(a.total_size_gb(), 2),
-                "health_status": health_status(a.success_rate()),
+                "health_status": Health::of(a.success_rate()).name(),
             })
         })
         .collect();
     Ok(json!({ "count": data.len(), "data": data, "window_minutes": minutes }))
-}
-
-/// A stable id for an alert: the same rule, region and window always get the same id.
-pub fn alert_id(alert: &Alert) -> i64 {
-    // FNV-1a over the identifying fields, kept within JavaScript's exact integer range.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let key = format!(
-        "{}|{}|{}",
-        alert.rule.name(),
-        alert.region,
-        alert.window.start()
-    );
-    for byte in key.bytes() {
-        hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash & ((1 << 53) - 1)) as i64
-}
-
-pub fn threshold(rules: &Rules, rule: Rule) -> f64 {
-    match rule {
-        Rule::HighErrorRate | Rule::SustainedErrorRate => rules.error_rate,
-        Rule::SlowDownloads => rules.slow_mbps,
-        Rule::CdnFailure => rules.cdn_share,
-    }
 }
 
 fn alerts(input: &Input, q: &Query) -> Result<Value, ApiError> {
@@ -290,7 +255,7 @@ fn alerts(input: &Input, q: &Query) -> Result<Value, ApiError> {
         .windows()
         .values()
         .flat_map(WindowState::alerts)
-        .map(|a| (alert_id(a), a))
+        .map(|a| (a.id(), a))
         .collect();
     // Newest first; within a window the most severe first.
     all.sort_by(|(_, a), (_, b)| {
@@ -318,7 +283,7 @@ fn alerts(input: &Input, q: &Query) -> Result<Value, ApiError> {
                 "region": a.region,
                 "metric_name": a.rule.metric_name(),
                 "metric_value": round(a.metric_value(), 4),
-                "threshold_value": threshold(input.rules, a.rule),
+                "threshold_value": input.rules.threshold(a.rule),
                 "created_at": iso8601(a.window.start()),
                 "window_start": iso8601(a.window.start()),
                 "window_end": iso8601(a.window.end(w)),
@@ -393,14 +358,6 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn health_thresholds() {
-        assert_eq!(health_status(0.95), "healthy");
-        assert_eq!(health_status(0.9499), "degraded");
-        assert_eq!(health_status(0.90), "degraded");
-        assert_eq!(health_status(0.8999), "critical");
     }
 
     #[test]

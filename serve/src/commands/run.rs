@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use streampulse_dataflow::{execute, Counters, Limits, Resume, Update, View};
+use streampulse_dataflow::{execute, Caller, Counters, Limits, Plan, Resume, Update, View};
 use streampulse_ingest::kafka::{HighWatermarks, KafkaConfig, KafkaSource};
 use streampulse_ingest::{Generator, GeneratorSource, Pace, Source};
 
@@ -301,7 +301,7 @@ struct Components {
 
 /// The running pipeline's threads, joined in data order at shutdown.
 struct Threads {
-    dataflow: JoinHandle<Result<(), String>>,
+    dataflow: JoinHandle<Result<(), streampulse_dataflow::Error>>,
     collector: JoinHandle<()>,
     sink: Option<JoinHandle<Result<(), SinkError>>>,
 }
@@ -433,8 +433,16 @@ fn start_threads(
                 let run = std::panic::AssertUnwindSafe(move || {
                     execute(
                         timely_config,
-                        config,
-                        limits,
+                        Plan {
+                            config,
+                            limits,
+                            resume,
+                        },
+                        Caller {
+                            output,
+                            stop,
+                            counters,
+                        },
                         move |worker, workers| -> Box<dyn Source> {
                             match &kafka {
                                 Some(kafka) => Box::new(
@@ -454,17 +462,13 @@ fn start_threads(
                                 }
                             }
                         },
-                        resume,
-                        output,
-                        stop,
-                        counters,
                     )
                 });
                 // The dataflow ends only when asked to; if it stops by itself (a worker panicked,
                 // a peer process died) the process must not go on looking healthy.
                 let result = match std::panic::catch_unwind(run) {
                     Ok(result) => result,
-                    Err(_) => Err("a dataflow worker panicked".to_string()),
+                    Err(_) => Err(streampulse_dataflow::Error::WorkerPanicked),
                 };
                 match &result {
                     Err(e) => failed.fail(format!("the dataflow stopped: {e}")),

@@ -20,10 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::difference::Semigroup;
-use streampulse_dataflow::build::Sample;
 use streampulse_dataflow::view::is_revision;
 use streampulse_dataflow::{
-    Aggregate, Change, Derived, Side, Time, Window, WindowKey, RESTORE_TIME,
+    Aggregate, Change, Derived, Sample, Side, Time, Window, WindowKey, RESTORE_TIME,
 };
 use streampulse_ingest::DeadLetter;
 

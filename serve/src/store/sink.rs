@@ -17,7 +17,6 @@ use postgres::Transaction;
 use streampulse_dataflow::{Aggregate, Alert, Derived, Key, Window};
 
 use super::tables::{sums, KeyValues, StatTable, DERIVED_TABLES, SUMS};
-use crate::api::alert_id;
 use crate::sink::batch::Batch;
 
 /// What the sink needs to know besides the changes.
@@ -243,7 +242,7 @@ fn write_derived(
                 top_added.insert((*window, *rank), row);
             }
             Derived::Alert(alert) => {
-                alerts_added.insert(alert_id(alert), alert);
+                alerts_added.insert(alert.id(), alert);
             }
             Derived::UniqueContent { window, count } => {
                 tx.execute(
@@ -265,8 +264,8 @@ fn write_derived(
                     &[&ws(*window), &(*rank as i32)],
                 )?;
             }
-            Derived::Alert(alert) if !alerts_added.contains_key(&alert_id(alert)) => {
-                tx.execute("DELETE FROM alerts WHERE id = $1", &[&alert_id(alert)])?;
+            Derived::Alert(alert) if !alerts_added.contains_key(&alert.id()) => {
+                tx.execute("DELETE FROM alerts WHERE id = $1", &[&alert.id()])?;
             }
             _ => {}
         }
@@ -301,7 +300,7 @@ fn upsert_alert(
     id: i64,
     alert: &Alert,
 ) -> anyhow::Result<()> {
-    let threshold = crate::api::threshold(&config.rules, alert.rule);
+    let threshold = config.rules.threshold(alert.rule);
     tx.execute(
         "INSERT INTO alerts (id, alert_type, severity, region, window_start, window_end, metric_name,
                              metric_value, threshold_value, message)

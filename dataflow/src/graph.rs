@@ -1,4 +1,6 @@
-//! The dataflow itself, built in one function ([`build`]); [`crate::driver`] drives it.
+//! The dataflow graph: the operators and their edges, built in one function ([`build`]);
+//! [`crate::driver`] drives it. (The module is not called `build` so that it cannot be mistaken for a
+//! Cargo build script, such as `serve/build.rs`.)
 //!
 //! ```text
 //!  input: (WindowKey, Aggregate-as-diff)
@@ -20,7 +22,6 @@ use std::rc::Rc;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::AsCollection;
-use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect};
 use timely::dataflow::InputHandleVec;
@@ -30,104 +31,9 @@ use timely::worker::Worker;
 use crate::aggregate::{Aggregate, Key, WindowKey};
 use crate::config::Config;
 use crate::marks::Mark;
+use crate::output::{Change, Derived, Side};
 use crate::rules::{Alert, Rule, Severity};
 use crate::window::{Time, Window};
-use streampulse_ingest::DeadLetter;
-
-/// A row of a derived collection.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Derived {
-    /// Rank `rank` (from 1) of the window's trending list.
-    Top {
-        window: Window,
-        rank: u32,
-        content_id: String,
-        title: String,
-        downloads: i64,
-    },
-    /// How many distinct titles were downloaded in the window.
-    UniqueContent {
-        window: Window,
-        count: i64,
-    },
-    Alert(Alert),
-}
-
-impl Derived {
-    pub fn window(&self) -> Window {
-        match self {
-            Derived::Top { window, .. } | Derived::UniqueContent { window, .. } => *window,
-            Derived::Alert(alert) => alert.window,
-        }
-    }
-}
-
-/// What the sources report beside the data, carried through the dataflow so that it reaches the sink
-/// at the same time as the data it belongs with.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Side {
-    /// After this time's records, `partition` resumes at `next_offset` and its newest timestamp is
-    /// `max_ts` (positions only grow, so the latest is the largest).
-    Position {
-        partition: u32,
-        next_offset: i64,
-        max_ts: i64,
-    },
-    /// An undecodable record.
-    DeadLetter(DeadLetter),
-    /// Sums for a window already retracted from memory (past retention; only a partition that was
-    /// idle can deliver them): the sink adds them to the stored row.
-    Stat { row: WindowKey, agg: Aggregate },
-    /// A worker let the window go (past retention): its retractions share this record's epoch,
-    /// and the stored rows of the window stay as they are.
-    Expired(Window),
-    /// A sampled raw event, for debugging (the `event_log` table).
-    Sample(Sample),
-}
-
-/// The fields of a raw event kept in the debugging sample.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Sample {
-    pub partition: u32,
-    pub offset: i64,
-    pub event_id: String,
-    pub timestamp: i64,
-    pub content_id: String,
-    pub region: String,
-    pub device: String,
-    pub status: String,
-    pub error_code: Option<String>,
-}
-
-/// One output change of the dataflow, at a time (a watermark).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Change {
-    /// A row's sums changed by `delta`.
-    Stat {
-        row: WindowKey,
-        delta: Aggregate,
-        time: Time,
-    },
-    /// A derived row appeared (`diff` 1) or disappeared (`diff` -1).
-    Derived {
-        row: Derived,
-        time: Time,
-        diff: isize,
-    },
-    /// A side record arrived `diff` times (side records are only ever added).
-    Side { row: Side, time: Time, diff: isize },
-}
-
-impl Change {
-    /// The epoch of the change.
-    pub fn time(&self) -> Time {
-        match self {
-            Change::Stat { time, .. }
-            | Change::Derived { time, .. }
-            | Change::Side { time, .. } => *time,
-        }
-    }
-}
 
 /// The handles a driver needs: where to feed, how far the output is, and what came out.
 pub struct Dataflow {
