@@ -556,4 +556,30 @@ mod tests {
             .unwrap_err()
             .contains("cdn-outage"));
     }
+
+    #[test]
+    fn v2_fields_are_stable_and_plausible() {
+        let g = Generator::new(5, Scenario::CdnOutage, 0, 100.0);
+        let n = 10_000;
+        let mut with_node = 0;
+        for i in 0..n {
+            let event = g.event(i);
+            let fields = v2_fields(&event);
+            assert_eq!(fields, v2_fields(&event));
+            if let Some(node) = &fields.cdn_node {
+                with_node += 1;
+                let region = event.user_context.region.to_ascii_lowercase();
+                assert!(node.starts_with(&format!("edge-{region}-")), "{node}");
+            }
+            let most = if event.outcome() == Some(Outcome::Failed) {
+                3
+            } else {
+                1
+            };
+            assert!((0..=most).contains(&fields.retry_count), "{fields:?}");
+        }
+        // One client in sixteen does not report the edge node.
+        let share = with_node as f64 / n as f64;
+        assert!((0.92..0.96).contains(&share), "{share}");
+    }
 }
