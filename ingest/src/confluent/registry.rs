@@ -18,8 +18,8 @@
 //! librdkafka already link. The server's certificate is always verified, against the system trust
 //! store (OpenSSL's default paths, which honour `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus, for a
 //! private CA or a self-signed registry, the PEM file given to [`SchemaRegistry::with_ca_file`]
-//! (for the binary: `--registry-ca FILE`, env `STREAMPULSE_REGISTRY_CA`). There is no way to turn
-//! verification off.
+//! (meant to be the binary's `--registry-ca FILE`, env `STREAMPULSE_REGISTRY_CA`; not wired yet).
+//! There is no way to turn verification off.
 //!
 //! **Secrets.** Credentials go into the `Authorization` header (marked sensitive) and nowhere else:
 //! [`SchemaRegistry::url`], its `Debug` and every [`RegistryError`] show the URL without userinfo
@@ -188,7 +188,7 @@ impl SchemaRegistry {
 
     /// Also trusts the PEM certificate(s) in `path` (a private CA, or a self-signed registry's own
     /// certificate) when verifying an `https://` registry, beside the system trust store.
-    /// The binary's flag for it: `--registry-ca FILE` (env `STREAMPULSE_REGISTRY_CA`).
+    /// Meant to be the binary's `--registry-ca FILE` (env `STREAMPULSE_REGISTRY_CA`).
     pub fn with_ca_file(mut self, path: impl AsRef<Path>) -> Result<SchemaRegistry, RegistryError> {
         let path = path.as_ref();
         self.client = Arc::new(client(Some(path))?);
