@@ -13,11 +13,15 @@
 //!
 //! A [`Scenario`] injects a fault into one region for the span [`FAULT_START_MIN`, `FAULT_END_MIN`)
 //! minutes after the start, so that tests know which windows must alert.
+//!
+//! [`v2_fields`] invents the fields schema v2 added (`download.cdn_node`, `app_version`,
+//! `retry_count`) for an event, which carries only v1's: the Confluent encoder writes them when a
+//! producer (`streampulse generate --v2-share`) uses v2.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::event::{Content, Download, Event, UserContext};
+use crate::event::{Content, Download, Event, Outcome, UserContext};
 
 /// Events are shuffled backwards in time by up to this much (on time for the default lateness).
 pub const DISORDER_MS: i64 = 3_000;
@@ -423,6 +427,46 @@ impl Generator {
     }
 }
 
+/// The values of the fields schema v2 (`schemas/event-v2.avsc`) added to v1, which [`Event`] (the
+/// image of v1) does not carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct V2Fields {
+    /// `download.cdn_node`: the edge node that served the download, e.g. `edge-eu-london-03`.
+    pub cdn_node: Option<String>,
+    /// `app_version`: the client build, e.g. `5.3.7`.
+    pub app_version: Option<String>,
+    /// `retry_count`: attempts before this one.
+    pub retry_count: i32,
+}
+
+/// Plausible v2-only values for `event`, derived from its id alone, so the same event always gets
+/// the same values (and a v2 encoder writes the same bytes for it).
+pub fn v2_fields(event: &Event) -> V2Fields {
+    // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
+    let h = event
+        .event_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+    let region = event.user_context.region.to_ascii_lowercase();
+    let failed = event.outcome() == Some(Outcome::Failed);
+    // Most attempts are first attempts; failed downloads have usually been retried already.
+    let retries = if failed {
+        (h >> 20) % 4
+    } else {
+        u64::from((h >> 20) % 8 == 0)
+    };
+    V2Fields {
+        // One in sixteen clients does not report the edge node.
+        cdn_node: (h % 16 != 0).then(|| format!("edge-{region}-{:02}", (h >> 4) % 6 + 1)),
+        // Old app builds predate the field.
+        app_version: ((h >> 8) % 10 != 0)
+            .then(|| format!("5.{}.{}", (h >> 12) % 4 + 2, (h >> 16) % 10)),
+        retry_count: retries as i32,
+    }
+}
+
 fn round1(x: f64) -> f32 {
     ((x * 10.0).round() / 10.0) as f32
 }
@@ -511,5 +555,31 @@ mod tests {
             .parse::<Scenario>()
             .unwrap_err()
             .contains("cdn-outage"));
+    }
+
+    #[test]
+    fn v2_fields_are_stable_and_plausible() {
+        let g = Generator::new(5, Scenario::CdnOutage, 0, 100.0);
+        let n = 10_000;
+        let mut with_node = 0;
+        for i in 0..n {
+            let event = g.event(i);
+            let fields = v2_fields(&event);
+            assert_eq!(fields, v2_fields(&event));
+            if let Some(node) = &fields.cdn_node {
+                with_node += 1;
+                let region = event.user_context.region.to_ascii_lowercase();
+                assert!(node.starts_with(&format!("edge-{region}-")), "{node}");
+            }
+            let most = if event.outcome() == Some(Outcome::Failed) {
+                3
+            } else {
+                1
+            };
+            assert!((0..=most).contains(&fields.retry_count), "{fields:?}");
+        }
+        // One client in sixteen does not report the edge node.
+        let share = with_node as f64 / n as f64;
+        assert!((0.92..0.96).contains(&share), "{share}");
     }
 }

@@ -4,8 +4,10 @@
 //!   with the Kafka partition and offset it came from.
 //! - [`avro`] encodes and decodes bare Avro datums against the committed schemas, with a [`DecodeError`]
 //!   that says what was wrong.
-//! - [`generator`] is the seeded, deterministic traffic generator with named fault [`Scenario`]s.
-//! - [`confluent`] owns the Confluent wire framing and the Schema Registry client.
+//! - [`generator`] is the seeded, deterministic traffic generator with named fault [`Scenario`]s (and
+//!   the values of the fields schema v2 adds).
+//! - [`confluent`] owns the Confluent wire framing, the Schema Registry client, and the decoder and
+//!   encoder of framed values.
 //! - [`kafka`] owns the Kafka source (partitions assigned by number, offsets kept by the sink) and
 //!   the producer.
 //! - [`validate`] owns the domain of a valid event: the one check between decoding and the pipeline.
