@@ -493,7 +493,7 @@ impl Pipeline {
             if Instant::now() >= deadline {
                 self.kill();
                 panic!(
-                    "{}: still running {timeout:?} on\n{}",
+                    "{}: did not exit within {timeout:?}\n{}",
                     self.label,
                     self.log_tail(60)
                 );
