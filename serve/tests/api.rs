@@ -1,102 +1,109 @@
-//! The HTTP API of the real binary: `streampulse run` on a free port (it binds port 0 and logs
-//! the address) with the built-in generator, spoken to over a plain `TcpStream`.
+//! The HTTP API, spoken to over a plain `TcpStream` (`support::request`). Most tests serve it from
+//! the test's own process (`support::InProcess`): the dataflow on live generated traffic with
+//! one-second windows (so the clean traffic raises alerts), the view, and `streampulse::http::serve`
+//! on a port-0 listener, exactly as `streampulse run` wires them. The tests about the process itself
+//! run the binary (`streampulse run --rate 300 --window 1`, a `support::Pipeline`).
 //!
-//! - without PostgreSQL: every endpoint's fields (the old pipeline's names) and types, checked
-//!   against both a fixed list and `/openapi.json`; parameter bounds taken from the document; 404,
-//!   405 with `Allow`, 413; `/metrics` parsed line by line with counters that increase; CORS for an
-//!   allowed and a refused origin; cache headers; `X-Response-Time`; the ack endpoint's 503;
-//! - with PostgreSQL (`.ci/services up`, URL from STREAMPULSE_POSTGRES): acknowledging alerts in a
-//!   schema of the test's own (401, 404, 400, 413, 200, the row in the table, the alert list), then
-//!   the schema is dropped;
-//! - the connection policy (`http`): a flood of 1,260 idle, slowloris and keep-alive connections
-//!   from one client while `/health`, `/` and the stats keep answering within 2 s, with the
-//!   server's memory growth bounded; silent, idle, slowloris and slow authorised-body connections
-//!   closed at their deadlines (shortened with hidden `--http-*-timeout` flags);
-//! - shutdown: SIGTERM and SIGINT after the alert list used PostgreSQL exit 0.
-//!
-//! One-second windows make the generator's clean traffic raise alerts within seconds.
+//! - in-process, without PostgreSQL: every endpoint's fields (the old pipeline's names) and types,
+//!   checked against both a fixed list and `/openapi.json`; parameter bounds taken from the
+//!   document; 404, 405 with `Allow`, 413; `/metrics` parsed line by line with counters that
+//!   increase; CORS for an allowed and a refused origin; cache headers; `X-Response-Time`; the ack
+//!   endpoint's 503;
+//! - in-process, with PostgreSQL (`.ci/services up`, URL from STREAMPULSE_POSTGRES): the sink and
+//!   acknowledgements in a schema of the test's own (401, 404, 400, 413, 200, the row in the table,
+//!   the alert list), then the schema is dropped;
+//! - in-process, the connection policy's deadlines (`http`): silent, idle, slowloris and slow
+//!   authorised-body connections closed at their deadlines (shortened through `ApiArgs`);
+//! - the binary, the connection policy under a flood: 1,260 idle, slowloris and keep-alive
+//!   connections from one client while `/health`, `/` and the stats keep answering within 2 s,
+//!   with the server process's memory growth bounded;
+//! - the binary, shutdown: SIGTERM and SIGINT after the alert list used PostgreSQL exit 0, and the
+//!   process's log never shows the ack token.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
 use serde_json::Value;
+use streampulse::cli::{ApiArgs, Secret};
+use streampulse_dataflow::Config;
+use support::{captured_log, postgres_url, ApiServer, InProcess, Pipeline, Reply, Schema};
 
-const BIN: &str = env!("CARGO_BIN_EXE_streampulse");
 const ALLOWED_ORIGIN: &str = "http://dashboard.example";
 const TOKEN: &str = "test-token-0123456789";
 
 // ---------------------------------------------------------------------------------------------
-// The server and a tiny HTTP client
+// The server: in the test's process, or the binary
 // ---------------------------------------------------------------------------------------------
 
-/// A running `streampulse run`, killed when dropped.
+/// Lines of the server's log shown when a wait times out.
+const LOG_LINES: usize = 200;
+
+/// A server under test, stopped when dropped.
 struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    /// Reads the server's stderr into `log` until the process exits.
-    reader: Option<std::thread::JoinHandle<()>>,
+    backing: Backing,
+}
+
+enum Backing {
+    InProcess(ApiServer),
+    Process(Pipeline),
+}
+
+/// The API's flags as `run` takes them (`--cors-origin`, `--ack-token`), with the connection
+/// policy's default timeouts.
+fn api_args(cors_origins: &[&str], ack_token: Option<&str>) -> ApiArgs {
+    ApiArgs {
+        cors_origins: cors_origins.iter().map(|o| o.to_string()).collect(),
+        ack_token: ack_token.map(|t| Secret(t.to_string())),
+        http_header_timeout: None,
+        http_body_timeout: None,
+        http_request_timeout: None,
+        http_idle_timeout: None,
+    }
 }
 
 impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "run",
-                "--http",
-                "127.0.0.1:0",
-                "--rate",
-                "300",
-                "--window",
-                "1",
-            ])
-            .args(["--status-interval", "3600"])
-            .args(extra)
-            // Every flag also reads STREAMPULSE_*; .ci/test exports the services' addresses, which
-            // must not configure a run that is meant to have no PostgreSQL.
-            .env_remove("STREAMPULSE_POSTGRES")
-            .env_remove("STREAMPULSE_ACK_TOKEN")
-            .env_remove("STREAMPULSE_PG_SCHEMA")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("streampulse run starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some((_, addr)) = line.split_once("API and dashboard on http://") {
-                        let _ = tx.send(addr.trim().parse::<SocketAddr>().expect("an address"));
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the server did not start:\n{}", log.lock().unwrap());
-            }
-        };
-        let server = Server {
-            child,
-            addr,
-            log,
-            reader: Some(reader),
-        };
+    /// The API in this process: 300 events/s of generated traffic in one-second windows, starting
+    /// a minute ago; with `schema`, the sink writes there and alerts can be acknowledged.
+    fn in_process(api: ApiArgs, schema: Option<&Schema>) -> Server {
+        let server = InProcess {
+            api,
+            config: Config {
+                window_ms: 1_000,
+                ..Config::default()
+            },
+            rate: 300.0,
+            backlog: Duration::from_secs(60),
+            schema: schema.map(|s| s.0.clone()),
+        }
+        .start();
+        Server::ready(Server {
+            backing: Backing::InProcess(server),
+        })
+    }
+
+    /// `streampulse run` with the built-in generator (300 events/s, one-second windows) and the
+    /// API on a free port, plus `extra` flags.
+    fn process(extra: &[&str]) -> Server {
+        let args: Vec<String> = ["run", "--http", "127.0.0.1:0", "--rate", "300"]
+            .into_iter()
+            .chain(["--window", "1", "--status-interval", "3600"])
+            .chain(extra.iter().copied())
+            .map(String::from)
+            .collect();
+        let pipeline = Pipeline::spawn("streampulse run", &args, true);
+        Server::ready(Server {
+            backing: Backing::Process(pipeline),
+        })
+    }
+
+    /// Returns the server once its first events are counted.
+    fn ready(server: Server) -> Server {
         server.eventually("the first events", Duration::from_secs(30), || {
             let body = server.get("/api/stats/realtime").json();
             (body["total_downloads"].as_i64()? > 0).then_some(())
@@ -104,8 +111,39 @@ impl Server {
         server
     }
 
+    fn addr(&self) -> SocketAddr {
+        match &self.backing {
+            Backing::InProcess(server) => server.addr,
+            Backing::Process(pipeline) => pipeline.api(),
+        }
+    }
+
+    /// What the server logged: the process's stderr, or everything the library logged in this
+    /// test binary (one logger per process).
+    fn log(&self) -> String {
+        match &self.backing {
+            Backing::InProcess(_) => captured_log(usize::MAX),
+            Backing::Process(pipeline) => pipeline.log(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        match &self.backing {
+            Backing::InProcess(_) => captured_log(LOG_LINES),
+            Backing::Process(pipeline) => pipeline.log_tail(LOG_LINES),
+        }
+    }
+
+    fn pipeline(&mut self) -> &mut Pipeline {
+        match &mut self.backing {
+            Backing::Process(pipeline) => pipeline,
+            Backing::InProcess(_) => panic!("the server runs in this process"),
+        }
+    }
+
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        request(self.addr, method, path, headers, body)
+        support::request(self.addr(), method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()))
     }
 
     fn get(&self, path: &str) -> Reply {
@@ -127,166 +165,28 @@ impl Server {
             assert!(
                 start.elapsed() < timeout,
                 "timed out waiting for {what}; server log:\n{}",
-                self.log.lock().unwrap()
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
 
-impl Server {
-    /// The server's resident memory in KiB.
+    /// The server process's resident memory in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the server is running");
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .expect("VmRSS");
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        match &self.backing {
+            Backing::Process(pipeline) => pipeline.rss_kib(),
+            Backing::InProcess(_) => panic!("the server runs in this process"),
+        }
     }
 
-    /// Sends `signal` (`TERM`, `INT`) and waits for the exit; returns its status and the whole log.
+    /// Sends `signal` (`TERM`, `INT`) to the server process and waits (30 s at most) for the exit;
+    /// returns its status and its whole log.
     fn stop(mut self, signal: &str) -> (std::process::ExitStatus, String) {
-        let sent = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill -{signal}");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "still running 30 s after SIG{signal}:\n{}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        // The reader ends at EOF, once every line of the exited process is in the log.
-        self.reader.take().unwrap().join().unwrap();
-        let log = self.log.lock().unwrap().clone();
-        (status, log)
+        let pipeline = self.pipeline();
+        pipeline.signal(signal);
+        let status = pipeline.wait_exit(Duration::from_secs(30));
+        (status, pipeline.log())
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    /// Asserts a JSON error with this status and code.
-    fn assert_error(&self, status: u16, code: &str) -> &Reply {
-        assert_eq!(self.status, status, "{}", self.text());
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        let body = self.json();
-        assert_eq!(body["error"], code, "{body}");
-        assert!(
-            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{body}"
-        );
-        let keys: BTreeSet<&str> = body
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
-        assert_eq!(keys, BTreeSet::from(["error", "detail"]));
-        self
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`, so the body ends at EOF).
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    let chunked = headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
-    let declared = headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
-    if !chunked && !declared && (method == "POST" || !body.is_empty()) {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("reads the response");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = std::str::from_utf8(&raw[..split]).expect("an ASCII head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').expect("name: value");
-            (n.trim().to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    let body = raw[split + 4..].to_vec();
-    let reply = Reply {
-        status,
-        headers,
-        body,
-    };
-    if let Some(length) = reply.header("content-length").filter(|_| method != "HEAD") {
-        assert_eq!(
-            length.parse::<usize>().unwrap(),
-            reply.body.len(),
-            "{method} {path}"
-        );
-    }
-    reply
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -942,7 +842,7 @@ fn check_cors(server: &Server) {
 
 #[test]
 fn every_endpoint_without_postgres() {
-    let server = Server::start(&["--cors-origin", ALLOWED_ORIGIN, "--ack-token", TOKEN]);
+    let server = Server::in_process(api_args(&[ALLOWED_ORIGIN], Some(TOKEN)), None);
     let doc = check_openapi(&server);
     // Alerts come and go while a window is open; wait until every list has rows to check.
     server.eventually("an alert", Duration::from_secs(60), || {
@@ -956,50 +856,7 @@ fn every_endpoint_without_postgres() {
     check_metrics(&server);
     check_cors(&server);
     // The token never reaches the log.
-    assert!(!server.log.lock().unwrap().contains(TOKEN));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Acknowledgements in PostgreSQL
-// ---------------------------------------------------------------------------------------------
-
-fn postgres_url() -> String {
-    std::env::var("STREAMPULSE_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/streampulse".into())
-}
-
-/// A schema of this test's own, dropped when this goes out of scope (after the server).
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Schema {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Schema(format!(
-            "api_test_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000
-        ))
-    }
-
-    fn client(&self) -> Client {
-        let mut client = Client::connect(&postgres_url(), NoTls)
-            .expect("PostgreSQL is up (run .ci/services up)");
-        client
-            .batch_execute(&format!("SET search_path TO {}", self.0))
-            .unwrap();
-        client
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut client) = Client::connect(&postgres_url(), NoTls) {
-            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
-        }
-    }
+    assert!(!server.log().contains(TOKEN));
 }
 
 fn ack(server: &Server, id: &str, token: Option<&str>, body: &[u8]) -> Reply {
@@ -1013,15 +870,8 @@ fn ack(server: &Server, id: &str, token: Option<&str>, body: &[u8]) -> Reply {
 
 #[test]
 fn acknowledging_alerts_in_postgres() {
-    let schema = Schema::new();
-    let server = Server::start(&[
-        "--postgres",
-        &postgres_url(),
-        "--pg-schema",
-        &schema.0,
-        "--ack-token",
-        TOKEN,
-    ]);
+    let schema = Schema::new("api_test");
+    let server = Server::in_process(api_args(&[], Some(TOKEN)), Some(&schema));
     let mut db = schema.client();
 
     // A row of our own, so the flow does not depend on which alerts the traffic raises.
@@ -1143,7 +993,7 @@ fn acknowledging_alerts_in_postgres() {
     let metrics = scrape(&server);
     assert!(metrics["streampulse_alert_acknowledgements_total"] >= 3.0);
     assert_eq!(server.get("/health").json()["database"], "ok");
-    assert!(!server.log.lock().unwrap().contains(TOKEN));
+    assert!(!server.log().contains(TOKEN));
     drop(server);
     drop(schema);
 }
@@ -1306,14 +1156,14 @@ fn flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 #[test]
 fn one_client_cannot_starve_the_others() {
     ensure_open_files(FLOOD as u64 + 512);
-    let server = Server::start(&[]);
+    let server = Server::process(&[]);
     let before = server.rss_kib();
 
     // One client holds more connections than the server's cap, and keeps topping them up so the
     // server is full before every round of requests.
-    let mut held = flood(server.addr, FLOOD + 60);
+    let mut held = flood(server.addr(), FLOOD + 60);
     for round in 0..5 {
-        held.extend(flood(server.addr, 24));
+        held.extend(flood(server.addr(), 24));
         for path in ["/health", "/", "/api/stats/realtime"] {
             // Connecting counts: a server that stopped accepting fails here.
             let start = Instant::now();
@@ -1372,23 +1222,16 @@ fn one_client_cannot_starve_the_others() {
 
 #[test]
 fn slow_clients_time_out() {
-    let schema = Schema::new();
-    // Shortened deadlines (hidden flags), so the test waits seconds: header 1 s, body 1.5 s,
-    // idle 2 s. Each check below tells the three apart.
-    let server = Server::start(&[
-        "--postgres",
-        &postgres_url(),
-        "--pg-schema",
-        &schema.0,
-        "--ack-token",
-        TOKEN,
-        "--http-header-timeout",
-        "1",
-        "--http-body-timeout",
-        "1.5",
-        "--http-idle-timeout",
-        "2",
-    ]);
+    let schema = Schema::new("api_test");
+    // Shortened deadlines (the hidden `--http-*-timeout` flags), so the test waits seconds:
+    // header 1 s, body 1.5 s, idle 2 s. Each check below tells the three apart.
+    let api = ApiArgs {
+        http_header_timeout: Some(Duration::from_secs(1)),
+        http_body_timeout: Some(Duration::from_secs_f64(1.5)),
+        http_idle_timeout: Some(Duration::from_secs(2)),
+        ..api_args(&[], Some(TOKEN))
+    };
+    let server = Server::in_process(api, Some(&schema));
     let within = |what: &str, took: Duration, lo: f64, hi: f64| {
         assert!(
             took >= Duration::from_secs_f64(lo) && took <= Duration::from_secs_f64(hi),
@@ -1397,11 +1240,15 @@ fn slow_clients_time_out() {
     };
 
     // A connection that never sends a byte.
-    let (_, took) = until_closed(&mut connect(server.addr), Duration::from_secs(10), no_tick);
+    let (_, took) = until_closed(
+        &mut connect(server.addr()),
+        Duration::from_secs(10),
+        no_tick,
+    );
     within("a silent connection", took, 1.8, 4.0);
 
     // A keep-alive connection after its answer.
-    let mut stream = connect(server.addr);
+    let mut stream = connect(server.addr());
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -1410,7 +1257,7 @@ fn slow_clients_time_out() {
     within("an idle keep-alive connection", took, 1.8, 4.0);
 
     // Slowloris: a header line every 200 ms never ends the head; trickling extends nothing.
-    let mut stream = connect(server.addr);
+    let mut stream = connect(server.addr());
     stream.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
     let mut next = Duration::from_millis(200);
     let (received, took) = until_closed(&mut stream, Duration::from_secs(10), |s, at| {
@@ -1424,7 +1271,7 @@ fn slow_clients_time_out() {
     within("a slowloris head", took, 0.9, 3.0);
 
     // A slow body from the holder of the ack token: one byte a second of 100 declared.
-    let mut stream = connect(server.addr);
+    let mut stream = connect(server.addr());
     let head = format!(
         "POST /api/alerts/1/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
@@ -1449,7 +1296,7 @@ fn slow_clients_time_out() {
         ("/health", "Bearer wrong"),
     ] {
         let method = if path == "/health" { "GET" } else { "POST" };
-        let mut stream = connect(server.addr);
+        let mut stream = connect(server.addr());
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 100\r\n\r\n{{"
         );
@@ -1480,8 +1327,17 @@ fn slow_clients_time_out() {
 #[test]
 fn signals_after_the_alert_list_exit_cleanly() {
     for signal in ["TERM", "INT"] {
-        let schema = Schema::new();
-        let server = Server::start(&["--postgres", &postgres_url(), "--pg-schema", &schema.0]);
+        let schema = Schema::new("api_test");
+        // With a token: the process's log, start-up included, must never show it.
+        let url = postgres_url();
+        let server = Server::process(&[
+            "--postgres",
+            &url,
+            "--pg-schema",
+            &schema.0,
+            "--ack-token",
+            TOKEN,
+        ]);
         // The alert list reads acknowledged ids from PostgreSQL: from here on a session is open.
         server.eventually(
             "the acknowledged ids read from PostgreSQL",
@@ -1495,6 +1351,7 @@ fn signals_after_the_alert_list_exit_cleanly() {
         assert!(!log.contains("panicked"), "SIG{signal}:\n{log}");
         assert_eq!(status.code(), Some(0), "SIG{signal}:\n{log}");
         assert!(log.contains("shutting down"), "{log}");
+        assert!(!log.contains(TOKEN), "the ack token is in the log");
         drop(schema);
     }
 }

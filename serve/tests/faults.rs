@@ -40,8 +40,6 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -404,41 +402,11 @@ fn broker_restart_mid_run() {
     contract.assert();
 }
 
-/// Two free loopback ports in a fresh host file (one line per process).
-fn hostfile() -> PathBuf {
-    let listeners: Vec<TcpListener> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let lines: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let path = std::env::temp_dir().join(format!("{}.hosts", unique("faults")));
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
-
-/// Process `index` of a 2-process cluster (one worker each) reading the golden topic.
-fn cluster_process(
-    topic: &str,
-    schema: &str,
-    hosts: &Path,
-    index: usize,
-    extra: &[String],
-) -> Pipeline {
-    let mut args = kafka_run_args(&postgres_url(), topic, schema, NEVER_IDLE);
-    args.extend(["-w", "1", "-n", "2", "-p"].map(String::from));
-    args.push(index.to_string());
-    args.extend(["--hostfile".to_string(), hosts.display().to_string()]);
-    args.extend(extra.iter().cloned());
-    Pipeline::spawn(&format!("{schema} process {index}"), &args, index == 0)
-}
-
 /// Both processes, process 1 first (process 0 waits for its API below).
 fn start_cluster(topic: &str, schema: &str, extra: &[String]) -> (Pipeline, Pipeline) {
-    let hosts = hostfile();
-    let p1 = cluster_process(topic, schema, &hosts, 1, extra);
-    let p0 = cluster_process(topic, schema, &hosts, 0, extra);
+    let hosts = hostfile(2);
+    let p1 = cluster_process(topic, schema, NEVER_IDLE, &hosts, 1, extra);
+    let p0 = cluster_process(topic, schema, NEVER_IDLE, &hosts, 0, extra);
     (p0, p1)
 }
 

@@ -1,40 +1,60 @@
-//! Shared helpers of the integration tests that run the real `streampulse` binary against the real
-//! Kafka broker and PostgreSQL server started by `.ci/services up` (addresses from
-//! STREAMPULSE_BROKERS / STREAMPULSE_POSTGRES, loopback defaults). The single home of:
+//! Shared helpers of the integration tests (`pipeline.rs`, `api.rs`, `faults.rs`), which run the
+//! real `streampulse` binary, or its API in the test's own process, against the real Kafka broker
+//! and PostgreSQL server started by `.ci/services up` (addresses from STREAMPULSE_BROKERS /
+//! STREAMPULSE_POSTGRES, loopback defaults). The single home of:
 //!
-//! - addresses, unique names, a PostgreSQL client;
-//! - writing a topic (`streampulse generate`), reading it back, its high watermarks;
-//! - [`Pipeline`]: a `streampulse run` process that is SIGKILLed when dropped, keeps its stderr and
+//! - addresses, unique names, a PostgreSQL client, a schema dropped when the test ends ([`Schema`]);
+//! - topics: creating one, writing it (`streampulse generate`, or given records through
+//!   [`produce`]), reading it back, its high watermarks;
+//! - [`Pipeline`]: a `streampulse` process that is SIGKILLed when dropped, keeps its stderr and
 //!   knows its API address (`--http 127.0.0.1:0`, read from the "API and dashboard on" log line);
-//! - [`wait_caught_up`], snapshots of every table, the comparison with a golden snapshot and with
-//!   the oracle (`dataflow::oracle::recompute` of the topic's records);
-//! - HTTP GET and `/health` over a plain `TcpStream`;
-//! - taking one service away and bringing it back (`.ci/services stop|start`), with a guard
-//!   ([`Outage`]) that restarts it even when the test fails midway, and the lock ([`serial`]) that
-//!   keeps such tests from overlapping within a test binary.
+//!   signals and exits; the processes of a cluster ([`cluster_process`]);
+//! - progress: [`wait_caught_up`], committed offsets, the stored watermark;
+//! - tables: snapshots of every table, the comparison with a golden snapshot and with the oracle
+//!   (`dataflow::oracle::recompute` of the topic's records); the stat tables come from the
+//!   product's own list ([`StatTable`], [`SUMS`]);
+//! - [`http`]: a small HTTP client ([`request`], [`Reply`], [`health`]);
+//! - [`in_process`]: the API served from the test's own process ([`ApiServer`]);
+//! - [`relay`]: a TCP relay to PostgreSQL that a test can cut;
+//! - [`services`]: taking one service away and bringing it back (fault tests only).
 //!
-//! Every wait here is bounded. Each test binary uses a subset, hence `allow(dead_code)`.
-#![allow(dead_code)]
+//! Every wait here is bounded.
+// Each test binary compiles this module and uses a subset of it: what one binary leaves unused is
+// not dead code.
+#![allow(dead_code, unused_imports)]
+
+pub mod http;
+pub mod in_process;
+pub mod relay;
+pub mod services;
+
+pub use http::{get_json, health, http_get, request, Reply};
+pub use in_process::{captured_log, ApiServer, InProcess};
+pub use relay::{Relay, RelayMode};
+pub use services::{assert_services_are_ours, serial, services, Outage, Service, SERVICES};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
+use streampulse::store::tables::{aggregate, SUMS};
+use streampulse::store::StatTable;
 use streampulse_dataflow::oracle::recompute;
 use streampulse_dataflow::{Aggregate, Config, Derived, Key, Window, WindowKey};
 use streampulse_ingest::{Decoder, Record};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_streampulse");
-/// The services script the fault tests drive.
-pub const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/services");
 /// A minute-aligned start (2023-11-14T22:14:00Z) so fault spans cover whole windows.
 pub const START_MS: i64 = 28_333_334 * 60_000;
 /// No partition goes idle during these runs: the final watermark is then a function of the topic.
@@ -85,6 +105,49 @@ pub fn drop_schema(schema: &str) {
         .unwrap();
 }
 
+/// A schema of the test's own, dropped (if it exists) when this goes out of scope, also when the
+/// test fails: declare it before the processes that write into it, so they are gone first.
+pub struct Schema(pub String);
+
+impl Schema {
+    pub fn new(prefix: &str) -> Schema {
+        Schema(unique(prefix))
+    }
+
+    /// A session whose `search_path` is the schema.
+    pub fn client(&self) -> Client {
+        let mut client = pg();
+        client
+            .batch_execute(&format!("SET search_path TO {}", self.0))
+            .unwrap();
+        client
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = Client::connect(&postgres_url(), NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+        }
+    }
+}
+
+/// The rows of `sql`; fails the test on an error.
+pub fn query(client: &mut Client, sql: &str) -> Vec<postgres::Row> {
+    client
+        .query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Topics
 // ---------------------------------------------------------------------------------------------
@@ -101,6 +164,62 @@ pub fn generate(topic: &str, count: u64, scenario: &str, extra: &[&str]) {
         .status()
         .expect("streampulse generate runs");
     assert!(status.success(), "generate failed");
+}
+
+/// Creates an empty topic with `partitions` partitions (`streampulse generate --count 0`).
+pub fn create_topic(topic: &str, partitions: u32) {
+    let status = Command::new(BIN)
+        .args(["generate", "--brokers", &brokers(), "--topic", topic])
+        .args(["--partitions", &partitions.to_string(), "--count", "0"])
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("streampulse generate runs");
+    assert!(status.success(), "creating topic {topic} failed");
+}
+
+/// A Kafka producer for records a test writes itself (poison, backlogs, one partition only).
+pub struct Producer(BaseProducer);
+
+impl Producer {
+    pub fn new() -> Producer {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("linger.ms", "5")
+            .create()
+            .expect("a Kafka producer");
+        Producer(producer)
+    }
+
+    /// Queues one record (key "k") for `partition`; `None` is a null value (a tombstone). Waits
+    /// while the local queue is full.
+    pub fn send(&self, topic: &str, partition: i32, value: Option<&[u8]>) {
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .key("k")
+            .partition(partition);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        while let Err((_, back)) = self.0.send(record) {
+            record = back;
+            self.0.poll(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until every queued record is written (30 s at most).
+    pub fn flush(&self) {
+        self.0
+            .flush(Duration::from_secs(30))
+            .expect("the records are written");
+    }
+}
+
+/// Writes `events` (partition, value) in order.
+pub fn produce(topic: &str, events: &[(i32, Vec<u8>)]) {
+    let producer = Producer::new();
+    for (partition, bytes) in events {
+        producer.send(topic, *partition, Some(bytes));
+    }
+    producer.flush();
 }
 
 /// Next offset to be written, per partition.
@@ -182,6 +301,8 @@ pub struct Pipeline {
     /// Where its HTTP API listens (None for a process that does not serve it).
     pub api: Option<SocketAddr>,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// Set once its stderr has ended: every line it wrote is in `log`.
+    log_complete: Arc<AtomicBool>,
     exit: Option<ExitStatus>,
 }
 
@@ -208,11 +329,55 @@ pub fn kafka_run_args(url: &str, topic: &str, schema: &str, idle_timeout: &str) 
     .to_vec()
 }
 
+/// A fresh host file naming `processes` free loopback ports, one line per process.
+pub fn hostfile(processes: usize) -> PathBuf {
+    let listeners: Vec<TcpListener> = (0..processes)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let lines: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let path = std::env::temp_dir().join(format!("{}.hosts", unique("cluster")));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// Process `index` of a 2-process cluster (`-w 1 -n 2`, host file `hosts`) reading `topic` into
+/// `schema`. Only process 0 serves the API, so only its start waits for it: start process 1
+/// first.
+pub fn cluster_process(
+    topic: &str,
+    schema: &str,
+    idle_timeout: &str,
+    hosts: &std::path::Path,
+    index: usize,
+    extra: &[String],
+) -> Pipeline {
+    let mut args = kafka_run_args(&postgres_url(), topic, schema, idle_timeout);
+    args.extend(["-w", "1", "-n", "2", "-p"].map(String::from));
+    args.push(index.to_string());
+    args.extend(["--hostfile".to_string(), hosts.display().to_string()]);
+    args.extend(extra.iter().cloned());
+    Pipeline::spawn(&format!("{schema} process {index}"), &args, index == 0)
+}
+
 impl Pipeline {
     /// `streampulse run --source kafka` of `topic` into `schema` (never idle), plus `extra` flags;
     /// returns once the API listens.
     pub fn start(topic: &str, schema: &str, extra: &[&str]) -> Pipeline {
-        let mut args = kafka_run_args(&postgres_url(), topic, schema, NEVER_IDLE);
+        Pipeline::start_with(&postgres_url(), topic, schema, NEVER_IDLE, extra)
+    }
+
+    /// Like [`Pipeline::start`], with the database at `url` and the given `--idle-timeout`.
+    pub fn start_with(
+        url: &str,
+        topic: &str,
+        schema: &str,
+        idle_timeout: &str,
+        extra: &[&str],
+    ) -> Pipeline {
+        let mut args = kafka_run_args(url, topic, schema, idle_timeout);
         args.extend(extra.iter().map(|s| s.to_string()));
         Pipeline::spawn(schema, &args, true)
     }
@@ -237,9 +402,10 @@ impl Pipeline {
             .expect("streampulse starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let log_complete = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         {
-            let log = log.clone();
+            let (log, complete) = (log.clone(), log_complete.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Some((_, addr)) = line.split_once("API and dashboard on http://") {
@@ -251,6 +417,7 @@ impl Pipeline {
                     }
                     log.push_back(line);
                 }
+                complete.store(true, Ordering::SeqCst);
             });
         }
         let mut pipeline = Pipeline {
@@ -258,6 +425,7 @@ impl Pipeline {
             child,
             api: None,
             log,
+            log_complete,
             exit: None,
         };
         if serves_api {
@@ -305,6 +473,41 @@ impl Pipeline {
         }
     }
 
+    /// Sends `signal` (`TERM`, `INT`, …) with kill(1); fails the test if it cannot be sent.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "{}: kill -{signal}", self.label);
+    }
+
+    /// Waits for it to exit by itself, up to `timeout`; then every line of its stderr is in the
+    /// log. Fails the test (after a SIGKILL) if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.exit_status() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "{}: did not exit within {timeout:?}\n{}",
+                    self.label,
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader ends at EOF, right after the exit (the process starts no children).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log_complete.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        status
+    }
+
     /// SIGTERM (a clean shutdown), then wait up to `timeout`; SIGKILL after that. Returns whether
     /// it exited by itself in time.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
@@ -323,6 +526,23 @@ impl Pipeline {
         }
         self.kill();
         false
+    }
+
+    /// Its resident memory in KiB (`VmRSS`); fails the test once it has exited.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("{} is not running: {e}", self.label));
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Every line of its stderr that is kept (the last [`LOG_LINES`]).
+    pub fn log(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log.iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// The last `lines` lines of its stderr.
@@ -376,6 +596,17 @@ impl Pipeline {
         }
     }
 
+    /// Like [`Pipeline::wait_health`], failing the test (with its log) when `timeout` passes.
+    pub fn expect_health(&self, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        self.wait_health(timeout, check).unwrap_or_else(|last| {
+            panic!(
+                "{}: /health never satisfied the check within {timeout:?}; {last}\n{}",
+                self.label,
+                self.log_tail(40)
+            )
+        })
+    }
+
     /// A counter or gauge from `/metrics` (the first sample whose name and labels start so).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (status, body) = http_get(self.api(), "/metrics").ok()?;
@@ -392,6 +623,10 @@ impl Drop for Pipeline {
         self.kill();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Progress
+// ---------------------------------------------------------------------------------------------
 
 /// Waits until the sink has committed every partition up to its high watermark, failing (with the
 /// processes' logs) after `timeout` or when any of `processes` exits.
@@ -457,6 +692,18 @@ pub fn committed_offsets(schema: &str, topic: &str) -> i64 {
     .unwrap_or(0)
 }
 
+/// The watermark (ms) the sink stored for `topic`, once it has written one.
+pub fn stored_watermark(schema: &str, topic: &str) -> Option<i64> {
+    pg().query_one(
+        &format!(
+            "SELECT (extract(epoch FROM min(watermark)) * 1000)::bigint FROM {schema}.sink_progress WHERE topic = $1"
+        ),
+        &[&topic],
+    )
+    .ok()
+    .and_then(|r| r.get(0))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tables: snapshots, the golden comparison, the oracle
 // ---------------------------------------------------------------------------------------------
@@ -464,27 +711,44 @@ pub fn committed_offsets(schema: &str, topic: &str) -> i64 {
 /// Every table as sorted rows of JSON text, without the columns that record wall-clock time.
 pub type Tables = BTreeMap<String, Vec<String>>;
 
+/// Columns that record when something happened on the wall clock: never equal between runs.
+pub const WALL_CLOCK_COLUMNS: [&str; 3] = ["updated_at", "raised_at", "received_at"];
+
+/// The tables besides the stat tables, with the columns their rows are ordered by.
+const OTHER_TABLES: [(&str, &str); 5] = [
+    ("trending", "window_start, rank"),
+    ("alerts", "id"),
+    ("dead_letters", "topic, partition, kafka_offset"),
+    ("event_log", "topic, partition, kafka_offset"),
+    ("sink_progress", "topic, partition"),
+];
+
+/// Every table of `schema` (the stat tables of [`StatTable::ALL`] and the others), without the
+/// [`WALL_CLOCK_COLUMNS`].
 pub fn snapshot(schema: &str) -> Tables {
+    snapshot_without(schema, &[])
+}
+
+/// Like [`snapshot`], without `columns` either (wherever a table has them).
+pub fn snapshot_without(schema: &str, columns: &[&str]) -> Tables {
     let mut client = pg();
-    let tables = [
-        ("content_stats", "window_start, content_id, title"),
-        ("region_health", "window_start, region"),
-        ("device_stats", "window_start, device, os_version"),
-        ("error_stats", "window_start, region, error_code"),
-        ("window_totals", "window_start"),
-        ("late_events", "window_start, partition"),
-        ("trending", "window_start, rank"),
-        ("alerts", "id"),
-        ("dead_letters", "topic, partition, kafka_offset"),
-        ("event_log", "topic, partition, kafka_offset"),
-        ("sink_progress", "topic, partition"),
-    ];
+    let stat_tables = StatTable::ALL.map(|table| {
+        let order: Vec<&str> = std::iter::once("window_start")
+            .chain(table.keys().iter().map(|(name, _)| *name))
+            .collect();
+        (table.name(), order.join(", "))
+    });
+    let others = OTHER_TABLES.map(|(table, order)| (table, order.to_string()));
+    let dropped: String = WALL_CLOCK_COLUMNS
+        .iter()
+        .chain(columns)
+        .map(|c| format!(" - '{c}'"))
+        .collect();
     let mut out = BTreeMap::new();
-    for (table, order) in tables {
-        let sql = format!(
-            "SELECT (to_jsonb(t) - 'updated_at' - 'raised_at' - 'received_at')::text FROM {schema}.{table} t ORDER BY {order}"
-        );
-        let rows = client.query(&sql, &[]).unwrap();
+    for (table, order) in stat_tables.into_iter().chain(others) {
+        let sql =
+            format!("SELECT (to_jsonb(t){dropped})::text FROM {schema}.{table} t ORDER BY {order}");
+        let rows = query(&mut client, &sql);
         out.insert(
             table.to_string(),
             rows.iter().map(|r| r.get::<_, String>(0)).collect(),
@@ -528,63 +792,28 @@ pub fn assert_same_tables(golden: &Tables, schema: &str, what: &str) {
     );
 }
 
-fn rows(client: &mut Client, sql: &str) -> Vec<postgres::Row> {
-    client.query(sql, &[]).unwrap()
-}
-
 /// The stat rows stored in a schema, as the dataflow's keys and sums.
 pub fn stored_stats(schema: &str) -> BTreeMap<WindowKey, Aggregate> {
     let mut client = pg();
-    let sums = "downloads, successful, failed, size_mb, duration_s, speed_milli, cdn_timeouts";
+    let sums = SUMS.join(", ");
     let mut out = BTreeMap::new();
-    let tables = [
-        ("window_totals", "''::text, ''::text"),
-        ("content_stats", "content_id, title"),
-        ("region_health", "region, ''::text"),
-        ("device_stats", "device, os_version"),
-        ("error_stats", "region, error_code"),
-        ("late_events", "partition::text, ''::text"),
-    ];
-    for (table, keys) in tables {
+    for table in StatTable::ALL {
         let sql = format!(
-            "SELECT (extract(epoch FROM window_start) * 1000)::bigint, {keys}, {sums} FROM {schema}.{table}"
+            "SELECT (extract(epoch FROM window_start) * 1000)::bigint, {}, {sums} FROM {schema}.{}",
+            table.key_columns_as_text(),
+            table.name()
         );
-        for row in rows(&mut client, &sql) {
-            let (a, b): (String, String) = (row.get(1), row.get(2));
-            let key = match table {
-                "window_totals" => Key::Total,
-                "content_stats" => Key::Content {
-                    content_id: a,
-                    title: b,
-                },
-                "region_health" => Key::Region(a),
-                "device_stats" => Key::Device {
-                    device: a,
-                    os_version: b,
-                },
-                "error_stats" => Key::Error {
-                    region: a,
-                    error_code: b,
-                },
-                _ => Key::Late {
-                    partition: a.parse().unwrap(),
-                },
-            };
-            let agg = Aggregate {
-                downloads: row.get(3),
-                successful: row.get(4),
-                failed: row.get(5),
-                size_mb: row.get(6),
-                duration_s: row.get(7),
-                speed_milli: row.get(8),
-                cdn_timeouts: row.get(9),
-            };
+        for row in query(&mut client, &sql) {
+            let key = table
+                .key_from_text(row.get(1), row.get(2))
+                .unwrap_or_else(|e| panic!("{}: {e}", table.name()));
+            let values: [i64; 7] = std::array::from_fn(|i| row.get(3 + i));
             out.insert(
                 WindowKey {
                     window: Window(row.get(0)),
                     key,
                 },
-                agg,
+                aggregate(values),
             );
         }
     }
@@ -602,17 +831,17 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
     }
     let mut client = pg();
     let mut derived = BTreeSet::new();
-    for r in rows(&mut client, &format!(
+    for r in query(&mut client, &format!(
         "SELECT (extract(epoch FROM window_start) * 1000)::bigint, rank, content_id, title, downloads FROM {schema}.trending"
     )) {
         derived.insert(format!("top {} {} {} {}", r.get::<_, i64>(0), r.get::<_, i32>(1), r.get::<_, String>(2), r.get::<_, i64>(4)));
     }
-    for r in rows(&mut client, &format!(
+    for r in query(&mut client, &format!(
         "SELECT (extract(epoch FROM window_start) * 1000)::bigint, unique_content FROM {schema}.window_totals"
     )) {
         derived.insert(format!("unique {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1)));
     }
-    for r in rows(&mut client, &format!(
+    for r in query(&mut client, &format!(
         "SELECT (extract(epoch FROM window_start) * 1000)::bigint, alert_type, region, severity FROM {schema}.alerts"
     )) {
         derived.insert(format!("alert {} {} {} {}", r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3)));
@@ -663,209 +892,16 @@ pub fn golden_tables(topic: &str, records: &[Record]) -> Tables {
     tables
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP
-// ---------------------------------------------------------------------------------------------
-
-/// One `GET` on a fresh connection (`Connection: close`): status and body. Connect within 2 s,
-/// the whole answer within 5 s.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(5))))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read: {e}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no complete response head")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head}"))?;
-    let body = &raw[split + 4..];
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&body[..end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 || body.len() < end + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&body[end + 2..end + 2 + size]);
-        body = &body[(end + 4 + size).min(body.len())..];
-    }
-    out
-}
-
-/// `GET /health` parsed as JSON, whatever the status code (a degraded answer may be a 503).
-pub fn health(addr: SocketAddr) -> Result<Value, String> {
-    let (status, body) = http_get(addr, "/health")?;
-    serde_json::from_str(&body).map_err(|e| format!("/health {status} is not JSON ({e}): {body}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Services: one at a time away, always brought back
-// ---------------------------------------------------------------------------------------------
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Tests that take services away hold this for their whole run, so they never overlap within a
-/// binary (run such a binary alone: other binaries' tests would see the outages too). A test that
-/// failed poisons nothing: the next one just takes the lock.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
-    Kafka,
-    Postgres,
-}
-
-impl Service {
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Kafka => "kafka",
-            Service::Postgres => "postgres",
-        }
-    }
-}
-
-/// Runs `.ci/services ARGS`, killing it after `timeout`; its output is returned on failure and
-/// printed (captured by the test harness) on success.
-pub fn services(args: &[&str], timeout: Duration) -> Result<(), String> {
-    let mut child = Command::new(SERVICES)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{SERVICES}: {e}"))?;
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // The broker it starts inherits no pipe of ours (it redirects to its log), so this ends.
-    let text = stderr.join().unwrap_or_default() + &stdout.join().unwrap_or_default();
-    match status {
-        Some(s) if s.success() => {
-            eprint!("{text}");
-            Ok(())
-        }
-        Some(s) => Err(format!("services {args:?}: {s}\n{text}")),
-        None => Err(format!(
-            "services {args:?}: no answer in {timeout:?}\n{text}"
-        )),
-    }
-}
-
-/// Fails unless `.ci/services` manages the very broker and database the tests talk to (the
-/// script reads KAFKA_PORT / PGPORT / STREAMPULSE_STATE; the tests STREAMPULSE_BROKERS /
-/// STREAMPULSE_POSTGRES): stopping "the" broker must stop ours, never someone else's.
-pub fn assert_services_are_ours() {
-    let output = Command::new(SERVICES)
-        .arg("env")
-        .output()
-        .expect("runs .ci/services env");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let var = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .map(str::to_string)
-    };
-    assert_eq!(
-        (var("STREAMPULSE_BROKERS"), var("STREAMPULSE_POSTGRES")),
-        (Some(brokers()), Some(postgres_url())),
-        ".ci/services (KAFKA_PORT, PGPORT, STREAMPULSE_STATE) must manage the services the tests use \
-         (STREAMPULSE_BROKERS, STREAMPULSE_POSTGRES); eval \"$(.ci/services env)\" with the same settings"
-    );
-}
-
-/// How long a service may take to stop or start before the test gives up.
-const SERVICE_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// A service taken away by a test. [`Outage::end`] starts it again and waits until it answers;
-/// dropping an outage that was not ended (a failed assertion) starts it too.
-pub struct Outage {
-    pub service: Service,
-    pub began: Instant,
-    ended: bool,
-}
-
-impl Outage {
-    /// Stops `service` (Kafka: a clean shutdown; PostgreSQL: `pg_ctl -m fast`).
-    pub fn begin(service: Service) -> Outage {
-        let outage = Outage {
-            service,
-            began: Instant::now(),
-            ended: false,
-        };
-        // The guard exists before the stop: a stop that fails halfway is still undone.
-        if let Err(e) = services(&["stop", service.name()], SERVICE_TIMEOUT) {
-            panic!("stopping {}: {e}", service.name());
-        }
-        outage
-    }
-
-    /// Starts the service again and waits until it answers; returns how long it was away.
-    pub fn end(mut self) -> Duration {
-        self.ended = true;
-        if let Err(e) = services(&["start", self.service.name()], SERVICE_TIMEOUT) {
-            panic!("starting {} again: {e}", self.service.name());
-        }
-        self.began.elapsed()
-    }
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        if !self.ended {
-            if let Err(e) = services(&["start", self.service.name()], SERVICE_TIMEOUT) {
-                eprintln!("could not start {} again: {e}", self.service.name());
-            }
-        }
-    }
+/// Every good record is counted: accepted plus late equals the records decoded from the topic,
+/// and the stat tables are exactly the recomputation's.
+pub fn assert_tables_match_oracle_counts(schema: &str, records: &[Record]) {
+    let stored = stored_stats(schema);
+    let total: i64 = stored
+        .iter()
+        .filter(|(k, _)| matches!(k.key, Key::Total | Key::Late { .. }))
+        .map(|(_, a)| a.downloads)
+        .sum();
+    assert_eq!(total, records.len() as i64);
+    let expected = recompute(records, &Config::default());
+    assert_eq!(stored, expected.stats);
 }
