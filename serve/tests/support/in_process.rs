@@ -25,7 +25,7 @@ use streampulse::cli::ApiArgs;
 use streampulse::shutdown::Shutdown;
 use streampulse::sink::{SinkConfig, SinkStats};
 use streampulse::store::{migrate, Database};
-use streampulse_dataflow::{execute, Config, Counters, Limits, Resume, Update, View};
+use streampulse_dataflow::{execute, Caller, Config, Counters, Limits, Plan, Resume, Update, View};
 use streampulse_ingest::{Generator, GeneratorSource, Pace, Scenario, Source};
 
 use super::postgres_url;
@@ -127,10 +127,20 @@ impl InProcess {
             },
         );
         threads.push(std::thread::spawn(move || {
-            let result = execute(
-                timely::Config::process(1),
+            let plan = Plan {
                 config,
                 limits,
+                resume: Resume::default(),
+            };
+            let caller = Caller {
+                output: Some(tx),
+                stop,
+                counters,
+            };
+            let result = execute(
+                timely::Config::process(1),
+                plan,
+                caller,
                 move |worker, workers| -> Box<dyn Source> {
                     let generator = Generator::new(1, Scenario::Clean, start_ms, rate);
                     Box::new(GeneratorSource::new(
@@ -141,10 +151,6 @@ impl InProcess {
                         Pace::RealTime,
                     ))
                 },
-                Resume::default(),
-                Some(tx),
-                stop,
-                counters,
             );
             if let Err(e) = result {
                 log::error!("the dataflow stopped: {e}");
@@ -163,7 +169,9 @@ impl InProcess {
         let stop = shutdown.clone();
         runtime.spawn(streampulse::http::serve(
             listener,
-            state.clone(),
+            state.http_limits,
+            state.connections.clone(),
+            streampulse::api::handler(state.clone()),
             async move { stop.requested().await },
         ));
         ApiServer {
