@@ -60,9 +60,19 @@ pub struct KafkaArgs {
     /// Wire format of record values.
     #[arg(long, env = "STREAMPULSE_FORMAT", value_enum, default_value_t = WireFormat::Avro)]
     pub format: WireFormat,
-    /// Schema Registry base URL (for --format confluent).
-    #[arg(long, env = "STREAMPULSE_REGISTRY")]
+    /// Schema Registry base URL (for --format confluent); `https://` is verified against the
+    /// system's certificates (and --registry-ca).
+    #[arg(long, env = "STREAMPULSE_REGISTRY", hide_env_values = true)]
     pub registry: Option<String>,
+    /// Extra CA certificates (PEM) the registry's certificate may chain to.
+    #[arg(long, env = "STREAMPULSE_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+    /// Registry user for HTTP basic auth (the password comes from STREAMPULSE_REGISTRY_PASSWORD,
+    /// so that it shows in no process list; credentials in the URL work too).
+    #[arg(long, env = "STREAMPULSE_REGISTRY_USER")]
+    pub registry_user: Option<String>,
+    #[arg(skip = std::env::var("STREAMPULSE_REGISTRY_PASSWORD").ok().map(Secret))]
+    pub registry_password: Option<Secret>,
     /// A librdkafka setting, `key=value` (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
@@ -89,7 +99,15 @@ impl KafkaArgs {
             .registry
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("--format confluent needs --registry URL"))?;
-        Ok(streampulse_ingest::confluent::SchemaRegistry::new(url)?)
+        let mut registry = streampulse_ingest::confluent::SchemaRegistry::new(url)?;
+        if let Some(user) = &self.registry_user {
+            let password = self.registry_password.as_ref().map_or("", |p| p.0.as_str());
+            registry = registry.with_basic_auth(user, password);
+        }
+        if let Some(ca) = &self.registry_ca {
+            registry = registry.with_ca_file(ca)?;
+        }
+        Ok(registry)
     }
 
     pub fn config(&self) -> anyhow::Result<streampulse_ingest::kafka::KafkaConfig> {
