@@ -4,6 +4,7 @@
 //! - [`baseline`] is the reference: one pass, one thread, pre-sized hash maps, no dataflow.
 //! - [`dataflow_run`] runs the real dataflow (batches, differential, output to a [`View`]).
 //! - [`bench_dataflow`] runs both several times and reports medians as [`Measurement`]s.
+//! - [`kafka`] measures the real path, Kafka in and PostgreSQL out, beside raw consume of the topic.
 //!
 //! Events are generated before the clock starts, so generation is never timed; both sides consume
 //! and free them inside the timed part, as a real pipeline does after decoding.
@@ -19,6 +20,7 @@ use streampulse_ingest::source::owns;
 use streampulse_ingest::{Generator, Record, Scenario, VecSource};
 
 pub mod baseline;
+pub mod kafka;
 
 /// Event-time rate of the benchmark stream: 2 000 events per second, so 10 M events span ~83 windows.
 pub const BENCH_RATE: f64 = 2_000.0;

@@ -63,7 +63,8 @@ impl KafkaConfig {
         config
     }
 
-    fn consumer(&self) -> Result<BaseConsumer, KafkaError> {
+    /// A consumer with the project's settings (the source's, and the benchmarks' raw readers').
+    pub fn consumer(&self) -> Result<BaseConsumer, KafkaError> {
         let mut config = self.client();
         // librdkafka wants a group id, but we never join the group or commit to it: offsets live in
         // PostgreSQL beside the data they produced.
@@ -197,11 +198,17 @@ pub struct KafkaSource {
     max_future_ms: i64,
 }
 
-/// A record read but not yet decoded: where it was, its Kafka timestamp and its value.
-struct Pending {
+/// Where a record was read, and its Kafka timestamp.
+#[derive(Clone, Copy)]
+struct Position {
     partition: u32,
     offset: i64,
     timestamp: Option<i64>,
+}
+
+/// A record whose decoding must be retried (the registry was unreachable), with its value.
+struct Pending {
+    at: Position,
     bytes: Vec<u8>,
 }
 
@@ -257,53 +264,62 @@ impl KafkaSource {
         })
     }
 
-    /// Decodes one value and checks it against the domain ([`crate::validate`]) into `out` or
-    /// `dead`; returns false (keeping it pending) on a transient error.
-    fn decode(
-        &mut self,
-        record: Pending,
-        out: &mut Vec<Record>,
-        dead: &mut Vec<DeadLetter>,
-    ) -> bool {
-        let Pending {
+    /// Keeps a record whose decoding failed for a transient reason, to be retried first.
+    fn retry_later(&mut self, at: Position, bytes: &[u8]) {
+        self.pending = Some(Pending {
+            at,
+            bytes: bytes.to_vec(),
+        });
+        self.retry_at = Instant::now() + Duration::from_secs(1);
+    }
+}
+
+/// Decodes one value (borrowed from the consumer's buffer: only a dead letter is copied) and
+/// checks it against the domain ([`crate::validate`]) into `out` or `dead`; returns false on a
+/// transient error (the caller keeps the record for a retry).
+fn decode_into(
+    decoding: &mut Decoding,
+    max_future_ms: i64,
+    at: Position,
+    bytes: &[u8],
+    out: &mut Vec<Record>,
+    dead: &mut Vec<DeadLetter>,
+) -> bool {
+    let Position {
+        partition,
+        offset,
+        timestamp,
+    } = at;
+    let result = match decoding {
+        Decoding::Avro(d) => d.decode(bytes).map_err(|e| e.to_string()),
+        Decoding::Confluent(d) => match d.decode(bytes) {
+            Ok(event) => Ok(event),
+            Err(e) if e.is_retryable() => {
+                log::warn!("partition {partition} offset {offset}: {e}; retrying");
+                return false;
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let result = result.and_then(|event| {
+        crate::validate::check_future(&event, timestamp, max_future_ms)
+            .map(|()| event)
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(event) => out.push(Record {
             partition,
             offset,
-            timestamp,
-            ..
-        } = record;
-        let result = match &mut self.decoding {
-            Decoding::Avro(d) => d.decode(&record.bytes).map_err(|e| e.to_string()),
-            Decoding::Confluent(d) => match d.decode(&record.bytes) {
-                Ok(event) => Ok(event),
-                Err(e) if e.is_retryable() => {
-                    log::warn!("partition {partition} offset {offset}: {e}; retrying");
-                    self.pending = Some(record);
-                    self.retry_at = Instant::now() + Duration::from_secs(1);
-                    return false;
-                }
-                Err(e) => Err(e.to_string()),
-            },
-        };
-        let result = result.and_then(|event| {
-            crate::validate::check_future(&event, timestamp, self.max_future_ms)
-                .map(|()| event)
-                .map_err(|e| e.to_string())
-        });
-        match result {
-            Ok(event) => out.push(Record {
-                partition,
-                offset,
-                event,
-            }),
-            Err(reason) => dead.push(DeadLetter {
-                partition,
-                offset,
-                reason,
-                raw: record.bytes,
-            }),
-        }
-        true
+            event,
+        }),
+        Err(reason) => dead.push(DeadLetter {
+            partition,
+            offset,
+            reason,
+            raw: bytes.to_vec(),
+        }),
     }
+    true
 }
 
 impl Source for KafkaSource {
@@ -317,7 +333,9 @@ impl Source for KafkaSource {
                 self.pending = Some(record);
                 return Poll::Idle;
             }
-            if !self.decode(record, out, dead) {
+            let (decoding, max_future) = (&mut self.decoding, self.max_future_ms);
+            if !decode_into(decoding, max_future, record.at, &record.bytes, out, dead) {
+                self.retry_later(record.at, &record.bytes);
                 return Poll::Idle;
             }
         }
@@ -338,14 +356,16 @@ impl Source for KafkaSource {
                 Some(Ok(message)) => message,
             };
             taken += 1;
-            let record = Pending {
+            let at = Position {
                 partition: message.partition() as u32,
                 offset: message.offset(),
                 timestamp: message.timestamp().to_millis(),
-                bytes: message.payload().unwrap_or(&[]).to_vec(),
             };
-            drop(message);
-            if !self.decode(record, out, dead) {
+            let bytes = message.payload().unwrap_or(&[]);
+            if !decode_into(&mut self.decoding, self.max_future_ms, at, bytes, out, dead) {
+                let bytes = bytes.to_vec();
+                drop(message);
+                self.retry_later(at, &bytes);
                 break;
             }
         }

@@ -417,4 +417,34 @@ pub enum BenchWhat {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Kafka end to end: raw consume, raw consume + decode, the pipeline to memory and to
+    /// PostgreSQL, on one seeded topic (written once, then reused).
+    Kafka {
+        #[arg(long, env = "STREAMPULSE_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The benchmark topic (created and filled when empty).
+        #[arg(long, default_value = "bench-3m")]
+        topic: String,
+        #[arg(long, default_value_t = 3_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 3)]
+        partitions: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Runs of each measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Worker counts of the pipeline runs; repeat the flag for several.
+        #[arg(short = 'w', long = "workers", default_values_t = vec![1, 2])]
+        workers: Vec<usize>,
+        /// PostgreSQL for the sink runs (without it they are skipped).
+        #[arg(long, env = "STREAMPULSE_POSTGRES", hide_env_values = true)]
+        postgres: Option<String>,
+        /// An extra flag for every `streampulse run`, e.g. `--run-arg=--kafka-option=k=v`.
+        #[arg(long = "run-arg", allow_hyphen_values = true)]
+        run_args: Vec<String>,
+        /// Append the JSON lines to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }

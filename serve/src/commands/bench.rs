@@ -7,6 +7,7 @@ use crate::cli::{BenchArgs, BenchWhat};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
+        what @ BenchWhat::Kafka { .. } => super::bench_kafka::run(what),
         BenchWhat::Dataflow {
             events,
             workers,

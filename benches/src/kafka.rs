@@ -1,0 +1,393 @@
+//! The Kafka benchmark: the path a user runs (Kafka in, PostgreSQL out) beside the raw speed of
+//! reading the same topic with the same client settings, all in one invocation.
+//!
+//! ```text
+//!   seeded topic (reused when it already holds the events) ── partition sizes
+//!     raw consume            one consumer, the project's settings, payloads untouched
+//!     raw consume + decode   the same, each payload decoded and checked (ingest::Decoder)
+//!     pipeline → memory      `streampulse run --source kafka` (API only), until /metrics counts
+//!                            every record
+//!     pipeline → PostgreSQL  `streampulse run --source kafka --postgres`, until sink_progress
+//!                            covers the topic
+//! ```
+//!
+//! Each pipeline run is a fresh process (and a fresh schema), timed from its start to the moment
+//! the whole topic is accounted for, so start-up and catch-up are both in the figure; its peak RSS
+//! (`VmHWM`) is read before it is stopped. Medians over `runs`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use streampulse_ingest::avro::Encoder;
+use streampulse_ingest::kafka::{Format, KafkaConfig, Producer};
+use streampulse_ingest::{Decoder, Generator, Scenario};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct KafkaBench {
+    pub brokers: String,
+    pub topic: String,
+    /// Events in the topic (written when the topic does not hold exactly these).
+    pub events: u64,
+    pub partitions: u32,
+    pub seed: u64,
+    pub runs: usize,
+    pub workers: Vec<usize>,
+    /// PostgreSQL URL for the sink runs (`None`: skip them).
+    pub postgres: Option<String>,
+    /// The `streampulse` binary to run.
+    pub binary: PathBuf,
+    /// Extra flags for every `streampulse run` (e.g. `--kafka-option k=v`).
+    pub run_args: Vec<String>,
+}
+
+/// One line of output.
+#[derive(Clone, Debug, Serialize)]
+pub struct KafkaMeasurement {
+    pub name: String,
+    /// Workers of the pipeline runs (the raw readers use one consumer).
+    pub workers: usize,
+    pub events: u64,
+    pub runs: usize,
+    /// Median seconds.
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    /// Events/s over the raw consume's, measured in the same invocation.
+    pub ratio_to_raw: f64,
+    /// Median peak resident memory of the process, MiB (pipeline runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The topic's shape, printed with the results.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopicShape {
+    pub topic: String,
+    pub events: u64,
+    pub partition_sizes: BTreeMap<u32, i64>,
+}
+
+fn config(bench: &KafkaBench) -> KafkaConfig {
+    KafkaConfig {
+        brokers: bench.brokers.clone(),
+        topic: bench.topic.clone(),
+        format: Format::Avro,
+        options: Vec::new(),
+        start_at: None,
+        max_future_ms: i64::MAX / 2,
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Makes sure the topic holds exactly the seeded events (keyed by region, as `generate` writes
+/// them, so partitions are as skewed as real regions make them) and returns its shape.
+pub fn prepare_topic(bench: &KafkaBench, log: &dyn Fn(String)) -> Result<TopicShape, String> {
+    let kafka = config(bench);
+    kafka.create_topic(bench.partitions).map_err(err)?;
+    let mut sizes = kafka.high_watermarks().map_err(err)?;
+    let total: i64 = sizes.values().sum();
+    if total as u64 != bench.events {
+        if total != 0 {
+            return Err(format!(
+                "topic {} holds {total} events, not {}: use another --topic",
+                bench.topic, bench.events
+            ));
+        }
+        log(format!(
+            "writing {} events to {} (once; later runs reuse the topic)",
+            bench.events, bench.topic
+        ));
+        let producer = Producer::new(&kafka).map_err(err)?;
+        let start = 1_700_000_000_000 - 1_700_000_000_000 % 60_000;
+        let generator = Generator::new(bench.seed, Scenario::CdnOutage, start, 2_000.0);
+        let encoder = Encoder::new();
+        for i in 0..bench.events {
+            let event = generator.event(i);
+            producer
+                .send(&event.user_context.region, &encoder.encode(&event), None)
+                .map_err(err)?;
+        }
+        producer.flush(Duration::from_secs(120)).map_err(err)?;
+        sizes = kafka.high_watermarks().map_err(err)?;
+    }
+    Ok(TopicShape {
+        topic: bench.topic.clone(),
+        events: sizes.values().sum::<i64>() as u64,
+        partition_sizes: sizes,
+    })
+}
+
+/// Reads the whole topic with one consumer of the project's settings; with `decode`, decodes and
+/// checks every payload. Returns the seconds it took.
+pub fn raw_read(bench: &KafkaBench, shape: &TopicShape, decode: bool) -> Result<f64, String> {
+    let kafka = config(bench);
+    let consumer: BaseConsumer = kafka.consumer().map_err(err)?;
+    let mut assignment = TopicPartitionList::new();
+    for &partition in shape.partition_sizes.keys() {
+        assignment
+            .add_partition_offset(&bench.topic, partition as i32, Offset::Beginning)
+            .map_err(err)?;
+    }
+    let decoder = Decoder::new();
+    let started = Instant::now();
+    consumer.assign(&assignment).map_err(err)?;
+    let (mut read, mut valid) = (0u64, 0u64);
+    let deadline = started + Duration::from_secs(600);
+    while read < shape.events {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "read only {read} of {} in 10 minutes",
+                shape.events
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                read += 1;
+                if decode {
+                    valid += decoder.decode(message.payload().unwrap_or(&[])).is_ok() as u64;
+                }
+            }
+            Some(Err(e)) => return Err(err(e)),
+            None => {}
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if decode && valid != read {
+        return Err(format!("{} of {read} records did not decode", read - valid));
+    }
+    Ok(seconds)
+}
+
+/// A `streampulse run` process, killed when dropped.
+struct Run {
+    child: Child,
+    api: Option<SocketAddr>,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Run {
+    fn start(bench: &KafkaBench, workers: usize, schema: Option<&str>) -> Result<Run, String> {
+        let mut command = Command::new(&bench.binary);
+        command
+            .args(["run", "--source", "kafka", "--brokers", &bench.brokers])
+            .args(["--topic", &bench.topic, "--http", "127.0.0.1:0"])
+            .args(["-w", &workers.to_string(), "--idle-timeout", "3600"])
+            .args(["--status-interval", "3600"])
+            .args(&bench.run_args);
+        if let (Some(url), Some(schema)) = (&bench.postgres, schema) {
+            command.args(["--postgres", url, "--pg-schema", schema]);
+        }
+        // Only the arguments configure the run (every flag also reads a STREAMPULSE_* variable).
+        for (name, _) in std::env::vars() {
+            if name.starts_with("STREAMPULSE_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bench.binary.display()))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("API and dashboard on http://") {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().ok());
+                }
+            }
+        });
+        let api = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the pipeline's API did not start".to_string())?;
+        Ok(Run { child, api })
+    }
+
+    /// A counter from `/metrics` (0 while absent).
+    fn metric(&self, name: &str) -> f64 {
+        let Some(addr) = self.api else { return 0.0 };
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return 0.0;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return 0.0;
+        }
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Peak resident memory so far, MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|status| format!("the pipeline exited early ({status})"))
+    }
+}
+
+/// Runs the pipeline until the whole topic is accounted for (in memory, or committed to
+/// PostgreSQL); returns seconds from the process's start and its peak RSS.
+fn pipeline(
+    bench: &KafkaBench,
+    shape: &TopicShape,
+    workers: usize,
+    sink: bool,
+) -> Result<(f64, Option<f64>), String> {
+    let schema = sink.then(|| format!("bench_{}_{}", std::process::id(), rand_suffix()));
+    let mut db = match (&bench.postgres, sink) {
+        (Some(url), true) => Some(postgres::Client::connect(url, postgres::NoTls).map_err(err)?),
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut run = Run::start(bench, workers, schema.as_deref())?;
+    let deadline = started + Duration::from_secs(900);
+    loop {
+        if let Some(e) = run.exited() {
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            return Err("the pipeline did not finish in 15 minutes".into());
+        }
+        let done = match (&mut db, &schema) {
+            (Some(db), Some(schema)) => {
+                let sql = format!(
+                    "SELECT coalesce(sum(next_offset), 0)::bigint FROM {schema}.sink_progress WHERE topic = $1"
+                );
+                db.query_one(&sql, &[&bench.topic])
+                    .map(|row| row.get::<_, i64>(0) as u64 >= shape.events)
+                    .unwrap_or(false)
+            }
+            _ => {
+                let read = run.metric("streampulse_events_total")
+                    + run.metric("streampulse_dead_letters_total");
+                read as u64 >= shape.events
+            }
+        };
+        if done {
+            let seconds = started.elapsed().as_secs_f64();
+            let rss = run.peak_rss_mib();
+            drop(run);
+            if let (Some(db), Some(schema)) = (&mut db, &schema) {
+                let _ = db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+            }
+            return Ok((seconds, rss));
+        }
+        std::thread::sleep(Duration::from_millis(if sink { 100 } else { 20 }));
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs every measurement `runs` times, interleaved, and returns the medians: raw consume first
+/// (the ratios' reference), then raw consume + decode, then the pipeline to memory and to
+/// PostgreSQL for each worker count.
+pub fn bench_kafka(
+    bench: &KafkaBench,
+    log: &dyn Fn(String),
+) -> Result<(TopicShape, Vec<KafkaMeasurement>), String> {
+    let shape = prepare_topic(bench, log)?;
+    log(format!(
+        "topic {} with {} events, partition sizes {:?}",
+        shape.topic, shape.events, shape.partition_sizes
+    ));
+    let mut samples: BTreeMap<(usize, String, usize), Vec<(f64, Option<f64>)>> = BTreeMap::new();
+    for run in 0..bench.runs {
+        let mut record = |order: usize, name: &str, workers: usize, seconds: f64, rss| {
+            log(format!(
+                "run {}/{}: {name} -w {workers}: {seconds:.2} s ({:.0} events/s)",
+                run + 1,
+                bench.runs,
+                shape.events as f64 / seconds
+            ));
+            samples
+                .entry((order, name.to_string(), workers))
+                .or_default()
+                .push((seconds, rss));
+        };
+        record(0, "raw_consume", 1, raw_read(bench, &shape, false)?, None);
+        record(
+            1,
+            "raw_consume_decode",
+            1,
+            raw_read(bench, &shape, true)?,
+            None,
+        );
+        for &workers in &bench.workers {
+            let (seconds, rss) = pipeline(bench, &shape, workers, false)?;
+            record(2, "pipeline_memory", workers, seconds, rss);
+            if bench.postgres.is_some() {
+                let (seconds, rss) = pipeline(bench, &shape, workers, true)?;
+                record(3, "pipeline_postgres", workers, seconds, rss);
+            }
+        }
+    }
+    let raw = median(
+        samples
+            .iter()
+            .find(|((_, name, _), _)| name == "raw_consume")
+            .map(|(_, s)| s.iter().map(|(sec, _)| *sec).collect())
+            .unwrap_or_default(),
+    );
+    let raw_rate = shape.events as f64 / raw;
+    let measurements = samples
+        .into_iter()
+        .map(|((_, name, workers), runs)| {
+            let seconds = median(runs.iter().map(|(s, _)| *s).collect());
+            let rss: Vec<f64> = runs.iter().filter_map(|(_, r)| *r).collect();
+            let rate = shape.events as f64 / seconds;
+            KafkaMeasurement {
+                name,
+                workers,
+                events: shape.events,
+                runs: runs.len(),
+                seconds,
+                events_per_sec: rate,
+                ratio_to_raw: rate / raw_rate,
+                peak_rss_mib: (!rss.is_empty()).then(|| median(rss)),
+            }
+        })
+        .collect();
+    Ok((shape, measurements))
+}
