@@ -75,6 +75,11 @@ impl KafkaConfig {
         config.set("auto.offset.reset", "earliest");
         // Bound the prefetch queue per consumer (default 64 MiB): memory stays small per worker.
         config.set("queued.max.messages.kbytes", "16384");
+        // When that queue is full, librdkafka 2.12 pauses fetching for this long (default 1 s):
+        // a consumer that decodes slower than the broker sends would then drain the queue and sit
+        // idle for most of the second. A short pause keeps the queue topped up (measured with
+        // `streampulse bench kafka`, README "Performance").
+        config.set("fetch.queue.backoff.ms", "5");
         // Fetch promptly when little data is waiting, so the dashboard stays fresh.
         config.set("fetch.wait.max.ms", "50");
         for (key, value) in &self.options {

@@ -337,25 +337,40 @@ fn write_side(tx: &mut Transaction<'_>, config: &SinkConfig, batch: &Batch) -> a
             ],
         )?;
     }
-    for s in &batch.samples {
+    if !batch.samples.is_empty() {
+        // One statement for the whole sample (one row per event would cost a round trip each).
+        let samples = &batch.samples;
+        let partition: Vec<i32> = samples.iter().map(|s| s.partition as i32).collect();
+        let offset: Vec<i64> = samples.iter().map(|s| s.offset).collect();
+        let event_id: Vec<&str> = samples.iter().map(|s| s.event_id.as_str()).collect();
+        let timestamp: Vec<f64> = samples.iter().map(|s| s.timestamp as f64).collect();
+        let content_id: Vec<&str> = samples.iter().map(|s| s.content_id.as_str()).collect();
+        let region: Vec<&str> = samples.iter().map(|s| s.region.as_str()).collect();
+        let device: Vec<&str> = samples.iter().map(|s| s.device.as_str()).collect();
+        let status: Vec<&str> = samples.iter().map(|s| s.status.as_str()).collect();
+        let error_code: Vec<Option<&str>> =
+            samples.iter().map(|s| s.error_code.as_deref()).collect();
         tx.execute(
             "INSERT INTO event_log (topic, partition, kafka_offset, event_id, event_timestamp, content_id,
                                     region, device, status, error_code)
-             VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6, $7, $8, $9, $10)
+             SELECT $1, p, o, e, to_timestamp(t / 1000), c, r, d, s, x
+             FROM unnest($2::int[], $3::bigint[], $4::text[], $5::float8[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::text[]) AS u(p, o, e, t, c, r, d, s, x)
              ON CONFLICT DO NOTHING",
             &[
                 &config.topic,
-                &(s.partition as i32),
-                &s.offset,
-                &s.event_id,
-                &(s.timestamp as f64),
-                &s.content_id,
-                &s.region,
-                &s.device,
-                &s.status,
-                &s.error_code,
+                &partition,
+                &offset,
+                &event_id,
+                &timestamp,
+                &content_id,
+                &region,
+                &device,
+                &status,
+                &error_code,
             ],
-        )?;
+        )
+        .context("storing the raw-event sample")?;
     }
     Ok(())
 }
