@@ -138,6 +138,7 @@ pub fn run_worker(worker: &mut Worker, plan: &Plan, caller: &Caller, source: &mu
                             partition,
                             next_offset,
                             max_ts,
+                            record_ms: source.record_time(partition),
                         },
                         1,
                     );

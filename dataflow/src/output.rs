@@ -54,11 +54,14 @@ impl Derived {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Side {
     /// After this time's records, `partition` resumes at `next_offset` and its newest timestamp is
-    /// `max_ts` (positions only grow, so the latest is the largest).
+    /// `max_ts` (positions only grow, so the latest is the largest). `record_ms` is the Kafka
+    /// timestamp of the newest record read from it (when the source has one): how old the data is
+    /// when it reaches the view and the sink, which `/metrics` shows as latency histograms.
     Position {
         partition: u32,
         next_offset: i64,
         max_ts: i64,
+        record_ms: Option<i64>,
     },
     /// An undecodable record.
     DeadLetter(DeadLetter),

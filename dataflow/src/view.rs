@@ -104,6 +104,8 @@ pub struct View {
     /// The global watermark the output is complete up to.
     watermark: Option<i64>,
     updates: u64,
+    /// Events (counted or late) applied since start, restored state excepted.
+    events: u64,
     /// Per partition, the offset the dataflow has read up to (from the sources' positions).
     positions: BTreeMap<u32, i64>,
 }
@@ -116,6 +118,7 @@ impl View {
             frontier: Some(0),
             watermark: None,
             updates: 0,
+            events: 0,
             positions: BTreeMap::new(),
         }
     }
@@ -125,6 +128,12 @@ impl View {
             match change {
                 Change::Stat { row, delta, time } => {
                     let revision = is_revision(&row, &delta, time, self.watermark, self.window_ms);
+                    if time != RESTORE_TIME
+                        && delta.downloads > 0
+                        && matches!(row.key, Key::Total | Key::Late { .. })
+                    {
+                        self.events += delta.downloads as u64;
+                    }
                     let state = self.windows.entry(row.window).or_default();
                     state.revised |= revision;
                     let sum = state.stats.entry(row.key.clone()).or_default();
@@ -196,6 +205,12 @@ impl View {
 
     pub fn is_final(&self, window: Window) -> bool {
         window.is_final(self.window_ms, self.watermark, self.is_closed())
+    }
+
+    /// Events (counted or late) that have reached the view since start: what a reader of the API
+    /// can see, where the sources' counters say what was read.
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
     /// How many updates have been applied (a cheap change counter for caches).

@@ -201,6 +201,8 @@ pub struct KafkaSource {
     pending: Option<Pending>,
     retry_at: Instant,
     max_future_ms: i64,
+    /// Per partition, the Kafka timestamp of the newest record read.
+    record_times: BTreeMap<u32, i64>,
 }
 
 /// Where a record was read, and its Kafka timestamp.
@@ -266,6 +268,7 @@ impl KafkaSource {
             pending: None,
             retry_at: Instant::now(),
             max_future_ms: config.max_future_ms,
+            record_times: BTreeMap::new(),
         })
     }
 
@@ -332,6 +335,10 @@ impl Source for KafkaSource {
         self.partitions.clone()
     }
 
+    fn record_time(&self, partition: u32) -> Option<i64> {
+        self.record_times.get(&partition).copied()
+    }
+
     fn poll(&mut self, out: &mut Vec<Record>, dead: &mut Vec<DeadLetter>, max: usize) -> Poll {
         if let Some(record) = self.pending.take() {
             if Instant::now() < self.retry_at {
@@ -366,6 +373,9 @@ impl Source for KafkaSource {
                 offset: message.offset(),
                 timestamp: message.timestamp().to_millis(),
             };
+            if let Some(ms) = at.timestamp {
+                self.record_times.insert(at.partition, ms);
+            }
             let bytes = message.payload().unwrap_or(&[]);
             if !decode_into(&mut self.decoding, self.max_future_ms, at, bytes, out, dead) {
                 let bytes = bytes.to_vec();

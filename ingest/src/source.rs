@@ -32,6 +32,12 @@ pub trait Source {
 
     /// Appends at most `max` records to `out`, and any undecodable ones to `dead`.
     fn poll(&mut self, out: &mut Vec<Record>, dead: &mut Vec<DeadLetter>, max: usize) -> Poll;
+
+    /// The Kafka timestamp (ms) of the newest record read so far from `partition`, if the source
+    /// has such a thing: the pipeline measures its latency from it.
+    fn record_time(&self, _partition: u32) -> Option<i64> {
+        None
+    }
 }
 
 /// Whether `partition` belongs to `worker` of `workers`.
@@ -106,6 +112,8 @@ pub struct GeneratorSource {
     workers: usize,
     next: u64,
     pace: Pace,
+    /// The nominal time of the newest event released (in real time: when it was "produced").
+    released_ms: Option<i64>,
 }
 
 impl GeneratorSource {
@@ -127,6 +135,7 @@ impl GeneratorSource {
             workers,
             next: 0,
             pace,
+            released_ms: None,
         }
     }
 
@@ -149,6 +158,12 @@ impl Source for GeneratorSource {
         self.mine.clone()
     }
 
+    /// In real time an event is released when the clock reaches its nominal time: that is its
+    /// "record time" (the same for every partition of this source).
+    fn record_time(&self, _partition: u32) -> Option<i64> {
+        self.released_ms
+    }
+
     fn poll(&mut self, out: &mut Vec<Record>, _dead: &mut Vec<DeadLetter>, max: usize) -> Poll {
         if self.mine.is_empty() {
             return Poll::Done;
@@ -167,6 +182,9 @@ impl Source for GeneratorSource {
                     event: self.generator.event(i),
                 });
                 produced += 1;
+                if matches!(self.pace, Pace::RealTime) {
+                    self.released_ms = Some(self.generator.nominal_time(i));
+                }
             }
         }
         match self.pace {

@@ -62,6 +62,9 @@ pub struct State {
     pub high_watermarks: Option<Arc<std::sync::Mutex<std::collections::BTreeMap<u32, i64>>>>,
     /// The broker as the pipeline's probe last saw it (with a Kafka source).
     pub kafka: Option<Arc<crate::health::Link>>,
+    /// How old the newest record of each update was when it reached the view (the collector
+    /// counts it).
+    pub event_to_view: Arc<crate::latency::Histogram>,
     /// The HTTP server's connection policy (`http`), and what it counts.
     pub http_limits: Limits,
     pub connections: Arc<ConnectionStats>,
@@ -88,6 +91,7 @@ impl State {
             sink: None,
             high_watermarks: None,
             kafka: None,
+            event_to_view: Arc::default(),
             http_limits: args.http_limits(),
             connections: Arc::default(),
         }

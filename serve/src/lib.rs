@@ -13,6 +13,7 @@
 //! - [`sink`] decides what to commit and when, and what a failure means.
 //! - [`store`] connects to PostgreSQL and holds every statement: migrations, the table of truth,
 //!   resume, the sink's writes.
+//! - [`latency`] holds the latency histograms `/metrics` shows.
 //! - [`health`] is what `/health` reports of the outside dependencies; [`shutdown`] is the one
 //!   shared shutdown (signals, fatal errors, the deadline).
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod health;
 pub mod http;
+pub mod latency;
 pub mod shutdown;
 pub mod sink;
 pub mod store;

@@ -672,6 +672,7 @@ fn scrape(server: &Server) -> BTreeMap<String, f64> {
             name,
             name.trim_end_matches("_sum"),
             name.trim_end_matches("_count"),
+            name.trim_end_matches("_bucket"),
         ]
         .into_iter()
         .find(|n| types.contains_key(*n))
@@ -713,9 +714,32 @@ fn check_metrics(server: &Server) {
         "streampulse_windows_in_memory",
         "streampulse_watermark_seconds",
         "streampulse_uptime_seconds",
+        "streampulse_view_events_total",
+        "streampulse_event_to_view_seconds_count",
     ] {
         assert!(before.contains_key(family), "{family} missing");
     }
+    // The latency histogram: cumulative buckets ending in +Inf = count, and observations made.
+    let mut buckets: Vec<(f64, f64)> = before
+        .iter()
+        .filter(|(series, _)| series.starts_with("streampulse_event_to_view_seconds_bucket"))
+        .map(|(series, value)| {
+            let bound = series
+                .split("le=\"")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches("\"}");
+            (bound.parse::<f64>().unwrap_or(f64::INFINITY), *value)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let buckets: Vec<f64> = buckets.into_iter().map(|(_, count)| count).collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(
+        buckets.last().copied(),
+        Some(before["streampulse_event_to_view_seconds_count"])
+    );
+    assert!(before["streampulse_event_to_view_seconds_count"] > 0.0);
     let watermark = before["streampulse_watermark_seconds"];
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -79,6 +79,7 @@ pub fn render(state: &State) -> String {
         let view = state.view.read().expect("view lock");
         (view.watermark(), view.windows().len(), view.version())
     };
+    let view_events = state.view.read().expect("view lock").events();
     family(
         &mut out,
         "streampulse_build_info",
@@ -151,6 +152,18 @@ pub fn render(state: &State) -> String {
     );
     family(
         &mut out,
+        "streampulse_view_events_total",
+        "counter",
+        "Events (counted or late) that have reached the in-memory view the API serves.",
+        one(view_events),
+    );
+    state.event_to_view.render(
+        &mut out,
+        "streampulse_event_to_view_seconds",
+        "Age of the newest record of each update when it reached the view (from its Kafka timestamp).",
+    );
+    family(
+        &mut out,
         "streampulse_view_updates_total",
         "counter",
         "Output updates applied to the in-memory view.",
@@ -206,6 +219,18 @@ pub fn render(state: &State) -> String {
             "counter",
             "Sink transactions retried after a transient database error.",
             one(sink.retries.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "streampulse_sink_refused_rows_total",
+            "counter",
+            "Rows PostgreSQL refused, stored in dead_letters (partition -1).",
+            one(sink.refused.load(Ordering::Relaxed)),
+        );
+        sink.event_to_postgres.render(
+            &mut out,
+            "streampulse_event_to_postgres_seconds",
+            "Age of the newest record of each committed batch at its commit (from its Kafka timestamp).",
         );
     }
     if let Some(highs) = &state.high_watermarks {

@@ -21,13 +21,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use streampulse_dataflow::{execute, Caller, Counters, Limits, Plan, Resume, Update, View};
+use streampulse_dataflow::{
+    execute, Caller, Change, Counters, Limits, Plan, Resume, Side, Update, View,
+};
 use streampulse_ingest::kafka::{HighWatermarks, KafkaConfig, KafkaSource};
 use streampulse_ingest::{Generator, GeneratorSource, Pace, Source};
 
 use crate::api::State;
 use crate::cli::{RunArgs, SourceKind};
 use crate::health::Link;
+use crate::latency::Histogram;
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Failure, SinkConfig, SinkError, SinkStats};
 use crate::store::{load_resume, migrate, Database, Session};
@@ -78,6 +81,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     state.sink = db.as_ref().filter(|_| serves).map(|_| sink_stats.clone());
     state.kafka = kafka_link.clone();
+    let event_to_view = state.event_to_view.clone();
     let high_watermarks = kafka
         .as_ref()
         .filter(|_| serves)
@@ -146,6 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     sink_stats: sink_stats.clone(),
                     kafka_link,
                     high_watermarks,
+                    event_to_view,
                     shutdown: shutdown.clone(),
                 },
             )?),
@@ -296,6 +301,7 @@ struct Components {
     sink_stats: Arc<SinkStats>,
     kafka_link: Option<Arc<Link>>,
     high_watermarks: Option<Arc<std::sync::Mutex<BTreeMap<u32, i64>>>>,
+    event_to_view: Arc<Histogram>,
     shutdown: Arc<Shutdown>,
 }
 
@@ -321,6 +327,7 @@ fn start_threads(
         sink_stats,
         kafka_link,
         high_watermarks,
+        event_to_view,
         shutdown,
     } = parts;
     let Prepared {
@@ -371,16 +378,7 @@ fn start_threads(
         let to_sink = sink_channel.map(|(sink_tx, _)| sink_tx);
         std::thread::Builder::new()
             .name("collector".into())
-            .spawn(move || {
-                for update in rx {
-                    if let Some(sink) = &to_sink {
-                        // Blocks when the sink falls behind: the dataflow then waits, nothing is
-                        // dropped. Fails only once the sink has stopped.
-                        let _ = sink.send(update.clone());
-                    }
-                    view.write().expect("view lock").apply(update);
-                }
-            })?
+            .spawn(move || collect(rx, &view, to_sink.as_ref(), &event_to_view))?
     };
 
     // Lag = high watermark − position; the high watermarks are fetched every 2 s off the data path,
@@ -485,6 +483,39 @@ fn start_threads(
         collector,
         sink,
     })
+}
+
+/// The collector: hands each update from the dataflow to the sink (if any) and applies it to the
+/// view the API serves, observing how old its newest record was by then. Runs until the dataflow
+/// drops its sender.
+pub fn collect(
+    updates: crossbeam_channel::Receiver<Update>,
+    view: &RwLock<View>,
+    sink: Option<&crossbeam_channel::Sender<Update>>,
+    event_to_view: &Histogram,
+) {
+    for update in updates {
+        if let Some(sink) = sink {
+            // Blocks when the sink falls behind: the dataflow then waits, nothing is dropped.
+            // Fails only once the sink has stopped.
+            let _ = sink.send(update.clone());
+        }
+        let record_times: Vec<i64> = update
+            .changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Side {
+                    row: Side::Position { record_ms, .. },
+                    ..
+                } => *record_ms,
+                _ => None,
+            })
+            .collect();
+        view.write().expect("view lock").apply(update);
+        for record_ms in record_times {
+            event_to_view.observe_since(record_ms);
+        }
+    }
 }
 
 /// Joins the pipeline's threads, bounded: past the grace period (plus a margin for the sink to

@@ -33,6 +33,8 @@ pub struct Batch {
     pub derived: BTreeMap<Derived, isize>,
     /// Per partition: the next offset to read and the newest timestamp seen.
     pub positions: BTreeMap<u32, (i64, i64)>,
+    /// Per partition, the Kafka timestamp of the newest record the batch covers (for latency).
+    pub record_times: BTreeMap<u32, i64>,
     pub dead: Vec<DeadLetter>,
     pub samples: Vec<Sample>,
     /// Windows whose rows changed after they had been reported final.
@@ -182,12 +184,17 @@ pub fn consolidate(
                         partition,
                         next_offset,
                         max_ts,
+                        record_ms,
                     } => {
                         let slot = batch
                             .positions
                             .entry(partition)
                             .or_insert((next_offset, max_ts));
                         *slot = (slot.0.max(next_offset), slot.1.max(max_ts));
+                        if let Some(ms) = record_ms {
+                            let newest = batch.record_times.entry(partition).or_insert(ms);
+                            *newest = (*newest).max(ms);
+                        }
                     }
                     Side::DeadLetter(letter) => batch.dead.push(letter),
                     Side::Sample(sample) => batch.samples.push(sample),
@@ -354,6 +361,7 @@ mod tests {
                     partition: 2,
                     next_offset,
                     max_ts,
+                    record_ms: None,
                 },
                 4,
             )

@@ -37,6 +37,7 @@ use postgres::Client;
 use streampulse_dataflow::{Change, Time, Update};
 
 use crate::health::Link;
+use crate::latency::Histogram;
 use crate::shutdown::Shutdown;
 use crate::store::{self, Database, Session};
 use batch::{consolidate, Batch, Memory};
@@ -54,6 +55,8 @@ pub struct SinkStats {
     pub refused: AtomicU64,
     /// PostgreSQL as the sink (and the start-up that precedes it) last saw it.
     pub database: Link,
+    /// How old the newest record of each committed batch was at its commit.
+    pub event_to_postgres: Histogram,
 }
 
 /// Why the sink stopped before its input ended.
@@ -237,6 +240,9 @@ impl Sink<'_> {
                     });
             let error = match result {
                 Ok(refused) => {
+                    for &record_ms in batch.record_times.values() {
+                        self.stats.event_to_postgres.observe_since(record_ms);
+                    }
                     self.stats.refused.fetch_add(refused, Ordering::Relaxed);
                     self.stats.database.ok();
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);

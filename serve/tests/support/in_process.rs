@@ -109,13 +109,9 @@ impl InProcess {
             }));
             sink_tx
         });
+        let event_to_view = state.event_to_view.clone();
         threads.push(std::thread::spawn(move || {
-            for update in rx {
-                if let Some(sink) = &to_sink {
-                    let _ = sink.send(update.clone());
-                }
-                view.write().expect("view lock").apply(update);
-            }
+            streampulse::commands::run::collect(rx, &view, to_sink.as_ref(), &event_to_view)
         }));
         let start_ms = now_ms() - backlog.as_millis() as i64;
         let (stop, limits) = (
