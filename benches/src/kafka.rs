@@ -315,6 +315,9 @@ fn rand_suffix() -> u128 {
         .map_or(0, |d| d.as_nanos() % 1_000_000_000)
 }
 
+/// One run's seconds and peak RSS (MiB).
+type Sample = (f64, Option<f64>);
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -332,7 +335,7 @@ pub fn bench_kafka(
         "topic {} with {} events, partition sizes {:?}",
         shape.topic, shape.events, shape.partition_sizes
     ));
-    let mut samples: BTreeMap<(usize, String, usize), Vec<(f64, Option<f64>)>> = BTreeMap::new();
+    let mut samples: BTreeMap<(usize, String, usize), Vec<Sample>> = BTreeMap::new();
     for run in 0..bench.runs {
         let mut record = |order: usize, name: &str, workers: usize, seconds: f64, rss| {
             log(format!(
