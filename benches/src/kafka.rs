@@ -394,3 +394,173 @@ pub fn bench_kafka(
         .collect();
     Ok((shape, measurements))
 }
+
+/// Latency percentiles of one path, in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyMeasurement {
+    pub name: String,
+    pub workers: usize,
+    /// Offered rate, events/s, and for how long.
+    pub rate: f64,
+    pub seconds: f64,
+    pub events: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A cumulative count seen at a moment (ms since the measurement's start).
+type Seen = Vec<(f64, u64)>;
+
+/// Offers `rate` events/s for `seconds` to a fresh topic that a running pipeline (with PostgreSQL
+/// when configured) reads, and measures from the outside when each event becomes visible: in the
+/// view the API serves (`streampulse_view_events_total`, polled every 2 ms) and in PostgreSQL
+/// (`sink_progress`, polled every 10 ms). Event `i` counts as visible once the count reaches
+/// `i + 1`: exact within a partition, and across partitions as long as they keep pace, which they
+/// do at a steady offered rate. The polling adds up to its interval to each figure; the first two
+/// seconds (warm-up) are left out of the percentiles.
+pub fn latency(
+    bench: &KafkaBench,
+    workers: usize,
+    rate: f64,
+    seconds: f64,
+    log: &dyn Fn(String),
+) -> Result<Vec<LatencyMeasurement>, String> {
+    let topic = format!("{}-latency-{}", bench.topic, rand_suffix());
+    let mut latency_bench = bench.clone();
+    latency_bench.topic = topic.clone();
+    let kafka = config(&latency_bench);
+    kafka.create_topic(bench.partitions).map_err(err)?;
+    let schema = format!("bench_latency_{}", rand_suffix());
+    let run = Run::start(&latency_bench, workers, bench.postgres.as_ref().map(|_| schema.as_str()))?;
+    // Let the pipeline connect and settle before offering load.
+    std::thread::sleep(Duration::from_secs(3));
+    let total = (rate * seconds) as u64;
+    log(format!(
+        "offering {rate} events/s for {seconds} s ({total} events) to {topic} on {workers} worker(s)"
+    ));
+    let epoch = Instant::now();
+    let ms = move || epoch.elapsed().as_secs_f64() * 1000.0;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (sent, view_seen, pg_seen) = std::thread::scope(|scope| {
+        let view_poll = scope.spawn(|| {
+            let mut seen: Seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let count = run.metric("streampulse_view_events_total") as u64;
+                seen.push((ms(), count));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        });
+        let pg_poll = scope.spawn(|| -> Result<Seen, String> {
+            let mut seen: Seen = Vec::new();
+            let Some(url) = &bench.postgres else {
+                return Ok(seen);
+            };
+            let mut db = postgres::Client::connect(url, postgres::NoTls).map_err(err)?;
+            let sql = format!(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM {schema}.sink_progress WHERE topic = $1"
+            );
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let count = db
+                    .query_one(&sql, &[&topic])
+                    .map(|r| r.get::<_, i64>(0) as u64)
+                    .unwrap_or(0);
+                seen.push((ms(), count));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(seen)
+        });
+        let producer = Producer::new(&kafka).map_err(err)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let generator = Generator::new(bench.seed, Scenario::Clean, now_ms, rate);
+        let encoder = Encoder::new();
+        let mut sent = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            // Event i is due at i / rate seconds; send it then (not before).
+            let due = i as f64 * 1000.0 / rate;
+            while ms() < due {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let event = generator.event(i);
+            producer
+                .send(&event.user_context.region, &encoder.encode(&event), None)
+                .map_err(err)?;
+            sent.push(ms());
+        }
+        producer.flush(Duration::from_secs(30)).map_err(err)?;
+        // Wait until both sides have seen everything (at most 60 s more).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let view_done = run.metric("streampulse_view_events_total") as u64 >= total;
+            if view_done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if bench.postgres.is_some() {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let view_seen = view_poll.join().map_err(|_| "poller panicked".to_string())?;
+        let pg_seen = pg_poll.join().map_err(|_| "poller panicked".to_string())??;
+        Ok::<_, String>((sent, view_seen, pg_seen))
+    })?;
+    drop(run);
+    if let Some(url) = &bench.postgres {
+        if let Ok(mut db) = postgres::Client::connect(url, postgres::NoTls) {
+            let _ = db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+        }
+    }
+    let mut out = vec![percentiles("event_to_view", workers, rate, seconds, &sent, &view_seen)?];
+    if bench.postgres.is_some() {
+        out.push(percentiles("event_to_postgres", workers, rate, seconds, &sent, &pg_seen)?);
+    }
+    Ok(out)
+}
+
+/// Per event, the first poll at which the count covered it, minus when it was sent.
+fn percentiles(
+    name: &str,
+    workers: usize,
+    rate: f64,
+    seconds: f64,
+    sent: &[f64],
+    seen: &Seen,
+) -> Result<LatencyMeasurement, String> {
+    let mut latencies = Vec::with_capacity(sent.len());
+    let mut poll = 0;
+    // The first two seconds warm the path up (connections, metadata, the first fetches): left out.
+    let warmup = (rate * 2.0f64.min(seconds / 5.0)) as usize;
+    for (i, &at) in sent.iter().enumerate() {
+        while poll < seen.len() && seen[poll].1 < i as u64 + 1 {
+            poll += 1;
+        }
+        let Some(&(visible, _)) = seen.get(poll) else {
+            return Err(format!(
+                "{name}: only {} of {} events became visible",
+                seen.last().map_or(0, |s| s.1),
+                sent.len()
+            ));
+        };
+        if i >= warmup {
+            latencies.push((visible - at).max(0.0));
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(LatencyMeasurement {
+        name: name.to_string(),
+        workers,
+        rate,
+        seconds,
+        events: sent.len() as u64,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        p999_ms: at(0.999),
+        max_ms: *latencies.last().unwrap_or(&0.0),
+    })
+}

@@ -443,6 +443,16 @@ pub enum BenchWhat {
         /// An extra flag for every `streampulse run`, e.g. `--run-arg=--kafka-option=k=v`.
         #[arg(long = "run-arg", allow_hyphen_values = true)]
         run_args: Vec<String>,
+        /// Also measure latency at this offered rate (events/s; about half the sustainable
+        /// maximum is the point): event-to-view and event-to-PostgreSQL percentiles.
+        #[arg(long)]
+        latency_rate: Option<f64>,
+        /// How long the latency load lasts, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        latency_seconds: f64,
+        /// Skip the throughput runs (e.g. to measure latency alone).
+        #[arg(long)]
+        no_throughput: bool,
         /// Append the JSON lines to this file.
         #[arg(long)]
         out: Option<PathBuf>,

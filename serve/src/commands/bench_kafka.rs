@@ -1,9 +1,10 @@
-//! `streampulse bench kafka`: the Kafka end-to-end benchmark of `streampulse_benches::kafka`, run
-//! with this very binary as the pipeline; prints one JSON object per line and a table on stderr.
+//! `streampulse bench kafka`: the Kafka benchmark of `streampulse_benches::kafka` (throughput of
+//! the real path beside raw consume; latency at an offered rate), run with this very binary as the
+//! pipeline; prints one JSON object per line and readable tables on stderr.
 
 use std::io::Write;
 
-use streampulse_benches::kafka::{bench_kafka, KafkaBench};
+use streampulse_benches::kafka::{bench_kafka, latency, KafkaBench};
 
 use crate::cli::BenchWhat;
 
@@ -18,15 +19,15 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
         workers,
         postgres,
         run_args,
+        latency_rate,
+        latency_seconds,
+        no_throughput,
         out,
     } = what
     else {
         anyhow::bail!("not the Kafka benchmark");
     };
-    anyhow::ensure!(
-        runs >= 1 && events >= 1,
-        "need at least one run and one event"
-    );
+    anyhow::ensure!(runs >= 1 && events >= 1, "need at least one run and one event");
     let bench = KafkaBench {
         brokers,
         topic,
@@ -39,8 +40,34 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
         binary: std::env::current_exe()?,
         run_args,
     };
-    let (shape, results) =
-        bench_kafka(&bench, &|msg| log::info!("{msg}")).map_err(anyhow::Error::msg)?;
+    let mut lines = Vec::new();
+    if !no_throughput {
+        throughput(&bench, &mut lines)?;
+    }
+    if let Some(rate) = latency_rate {
+        anyhow::ensure!(rate > 0.0 && latency_seconds > 0.0, "latency needs a rate and a duration");
+        let mut rows = Vec::new();
+        for &workers in &bench.workers {
+            let results = latency(&bench, workers, rate, latency_seconds, &|msg| {
+                log::info!("{msg}")
+            })
+            .map_err(anyhow::Error::msg)?;
+            for m in results {
+                lines.push(serde_json::to_string(&m)?);
+                rows.push(m);
+            }
+        }
+        eprintln!(
+            "{:<18} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency", "workers", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for m in rows {
+            eprintln!(
+                "{:<18} {:>7} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                m.name, m.workers, m.rate, m.p50_ms, m.p99_ms, m.p999_ms, m.max_ms
+            );
+        }
+    }
     let mut file = match out {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -50,7 +77,20 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut lines = vec![serde_json::to_string(&shape)?];
+    for line in &lines {
+        println!("{line}");
+        if let Some(f) = file.as_mut() {
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The throughput part: prints its table and adds its JSON lines.
+fn throughput(bench: &KafkaBench, lines: &mut Vec<String>) -> anyhow::Result<()> {
+    let (shape, results) =
+        bench_kafka(bench, &|msg| log::info!("{msg}")).map_err(anyhow::Error::msg)?;
+    lines.push(serde_json::to_string(&shape)?);
     eprintln!(
         "topic {}: {} events, partition sizes {:?}",
         shape.topic, shape.events, shape.partition_sizes
@@ -68,16 +108,8 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
             m.seconds,
             m.events_per_sec,
             m.ratio_to_raw,
-            m.peak_rss_mib
-                .map(|r| format!("{r:.0}"))
-                .unwrap_or_default()
+            m.peak_rss_mib.map(|r| format!("{r:.0}")).unwrap_or_default()
         );
-    }
-    for line in &lines {
-        println!("{line}");
-        if let Some(f) = file.as_mut() {
-            writeln!(f, "{line}")?;
-        }
     }
     Ok(())
 }
