@@ -161,6 +161,12 @@ fn check_text(field: &'static str, text: &str, max: usize, required: bool) -> Re
             format!("{} bytes, at most {max}", text.len()),
         ));
     }
+    // Most text is printable ASCII: one pass over the bytes settles it. Otherwise look at the
+    // characters (the C1 controls U+0080..U+009F are not single bytes).
+    let printable_ascii = text.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if printable_ascii {
+        return Ok(());
+    }
     if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
         return Err(invalid(
             field,

@@ -141,6 +141,7 @@ pub fn run(
     let mut frontier: Option<(Option<Time>, Option<i64>)> = None;
     let mut committed: Option<(Option<Time>, Option<i64>)> = None;
     let mut last_commit = Instant::now();
+    let mut last_took = Duration::ZERO;
     let mut closed = false;
     loop {
         match updates.recv_timeout(Duration::from_millis(100)) {
@@ -161,8 +162,11 @@ pub fn run(
             continue;
         };
         let (upto, watermark) = cut;
-        // Batch commits a little: at most every 100 ms unless the stream ended.
-        let due = closed || upto.is_none() || last_commit.elapsed() >= Duration::from_millis(100);
+        // Batch commits a little: at most every 100 ms unless the stream ended, and never more
+        // often than twice the last commit took, so that a sink catching up writes fewer, larger
+        // (and better consolidated) transactions instead of falling further behind.
+        let interval = (last_took * 2).clamp(COMMIT_EVERY, MAX_COMMIT_EVERY);
+        let due = closed || upto.is_none() || last_commit.elapsed() >= interval;
         if !due || committed == Some(cut) {
             if closed && committed == Some(cut) {
                 return Ok(());
@@ -186,7 +190,9 @@ pub fn run(
             sink.config.retain_ms,
         );
         if !(batch.is_empty() && batch.watermark.is_none()) {
+            let started = Instant::now();
             sink.commit(Arc::new(batch))?;
+            last_took = started.elapsed();
         }
         memory.committed = memory.committed.max(watermark);
         committed = Some(cut);
@@ -215,6 +221,12 @@ struct Sink<'a> {
     stats: &'a SinkStats,
     shutdown: &'a Shutdown,
 }
+
+/// The shortest time between commits (what a steady stream sees: event-to-PostgreSQL latency is
+/// about this plus the commit itself).
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// The longest, when commits are slow (catching up).
+const MAX_COMMIT_EVERY: Duration = Duration::from_secs(2);
 
 /// The longest a commit may go without an answer before the connection counts as dead (the
 /// server cancels a single statement after `STATEMENT_TIMEOUT` itself).
