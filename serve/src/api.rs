@@ -25,7 +25,6 @@ mod openapi;
 mod query;
 mod stats;
 
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -327,25 +326,32 @@ async fn respond(
     Ok(reply)
 }
 
-/// A stats endpoint's answer: from the cache when the view has not changed since it was computed.
+/// A stats endpoint's answer: from the cache when the view has not changed since it was computed,
+/// or when it was computed less than `cache::REUSE_FOR` ago (found without the view's lock).
 async fn stats_reply(state: &State, i: usize, query: &str) -> Result<Reply, ApiError> {
     let (path, handler, params) = stats::ENDPOINTS[i];
     let q = query::Query::parse(query)?;
-    let key = q.normalised(params);
-    let (acknowledged, generation) = if path == "/api/stats/alerts" {
-        let oldest = {
+    let key = (path, q.normalised(params));
+    let acks = if path == "/api/stats/alerts" {
+        // The oldest window bounds the acknowledgements read: only a refresh needs it.
+        let oldest = || {
             let view = state.view.read().expect("view lock");
             view.windows().keys().next().map(|w| w.start())
         };
-        state.acks.current(oldest).await
+        Some(state.acks.current(oldest).await)
     } else {
-        (Arc::new(HashSet::new()), 0)
+        None
     };
+    let generation = acks.as_ref().map_or(0, |(_, generation)| *generation);
+    if let Some(body) = state.cache.recent(&key, generation) {
+        return Ok(json_bytes(body));
+    }
+    let acknowledged = acks.map(|(ids, _)| ids).unwrap_or_default();
     // The view's lock is held while computing, not while serialising.
     let (version, value) = {
         let view = state.view.read().expect("view lock");
         let version = (view.version(), generation);
-        if let Some(body) = state.cache.get(path, &key, version) {
+        if let Some(body) = state.cache.get(&key, version) {
             return Ok(json_bytes(body));
         }
         let input = stats::Input {
@@ -356,7 +362,7 @@ async fn stats_reply(state: &State, i: usize, query: &str) -> Result<Reply, ApiE
         (version, handler(&input, &q)?)
     };
     let body = Bytes::from(serde_json::to_vec(&value).expect("a Value always serialises"));
-    state.cache.put(path, key, version, body.clone());
+    state.cache.put(key, version, body.clone());
     Ok(json_bytes(body))
 }
 

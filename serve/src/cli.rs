@@ -27,7 +27,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Apply the SQL migrations to PostgreSQL (also done at start-up by `run`).
     Migrate(MigrateArgs),
-    /// Run a benchmark and print one JSON object per line.
+    /// Run a benchmark and print one JSON object per line (`http-ceiling`: serve, for
+    /// benches/api-load.sh).
     Bench(BenchArgs),
 }
 
@@ -183,6 +184,15 @@ pub struct RunArgs {
     pub generator: GeneratorArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// With the built-in generator: start its event time this many minutes in the past, so that
+    /// the view starts with that much history (read as fast as the dataflow goes, then real time).
+    #[arg(
+        long,
+        env = "STREAMPULSE_BACKFILL",
+        default_value_t = 0,
+        value_name = "MINUTES"
+    )]
+    pub backfill: u64,
     /// Most events per second this process reads (e.g. to cap catch-up load on PostgreSQL).
     #[arg(long, env = "STREAMPULSE_MAX_RATE")]
     pub max_rate: Option<f64>,
@@ -456,5 +466,16 @@ pub enum BenchWhat {
         /// Append the JSON lines to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The HTTP server (its connection policy, `run`'s runtime) answering every request with one
+    /// fixed JSON body: the ceiling benches/api-load.sh measures the API against. Serves until
+    /// SIGINT or SIGTERM.
+    HttpCeiling {
+        /// Address to serve on (port 0: any free port, logged).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        http: SocketAddr,
+        /// Size of the JSON body in bytes (at least 11).
+        #[arg(long, default_value_t = 2048)]
+        body_bytes: usize,
     },
 }

@@ -104,9 +104,12 @@ impl Acks {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The acknowledged ids among alerts of windows starting at `since_ms` or later, and their
-    /// generation.
-    pub async fn current(&self, since_ms: Option<i64>) -> (Arc<HashSet<i64>>, u64) {
+    /// The acknowledged ids among alerts of windows starting at `since_ms()` or later, and their
+    /// generation. `since_ms` is called only when the ids are due to be read again.
+    pub async fn current(
+        &self,
+        since_ms: impl FnOnce() -> Option<i64>,
+    ) -> (Arc<HashSet<i64>>, u64) {
         let Some(shared) = &self.shared else {
             return (Arc::default(), 0);
         };
@@ -116,7 +119,7 @@ impl Acks {
             .expect("acks lock")
             .fetched
             .is_none_or(|at| at.elapsed() >= REFRESH);
-        if let Some(since_ms) = since_ms.filter(|_| stale) {
+        if let Some(since_ms) = stale.then(since_ms).flatten() {
             if !shared.refreshing.swap(true, Ordering::AcqRel) {
                 // A task of its own, so a slow refresh finishes for the next poll after this one
                 // stopped waiting.
@@ -416,7 +419,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn without_postgres_nothing_is_acknowledged() {
         let acks = Acks::new(None, Some(&Secret("t".into())));
-        let (ids, generation) = acks.current(Some(0)).await;
+        let (ids, generation) = acks.current(|| Some(0)).await;
         assert!(ids.is_empty());
         assert_eq!(generation, 0);
         assert!(acks.shared.is_none());
@@ -430,7 +433,7 @@ mod tests {
         let acks = Acks::new(Some(db), None);
         let healthy = |acks: &Acks| acks.shared.as_ref().unwrap().known.lock().unwrap().healthy;
         assert_eq!(healthy(&acks), None);
-        let (ids, _) = acks.current(Some(0)).await;
+        let (ids, _) = acks.current(|| Some(0)).await;
         assert!(ids.is_empty());
         assert_eq!(healthy(&acks), Some(false));
         // Dropped here, on a runtime thread: nothing may block or start a runtime.

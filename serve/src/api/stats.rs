@@ -91,12 +91,36 @@ pub fn health(view: &View, counters: &Counters, uptime_seconds: u64, links: &Lin
 }
 
 /// Milliseconds since the epoch as ISO-8601 UTC with milliseconds (`2024-05-01T12:34:00.000Z`).
+///
+/// Every answer carries a few of these (`/health` three, a time series one per window), so the
+/// digits are written directly; `strftime` (which parses its format each call) is kept for the
+/// years before 0, which nothing this pipeline stores has.
 pub fn iso8601(ms: i64) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    let t = match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t,
         // Outside jiff's range (±9999 years): nothing this pipeline stores, but never panic.
-        Err(_) => format!("{ms}ms"),
-    }
+        Err(_) => return format!("{ms}ms"),
+    };
+    let d = jiff::tz::Offset::UTC.to_datetime(t);
+    let Ok(year) = u32::try_from(d.year()) else {
+        return t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    };
+    let mut out = String::with_capacity(24);
+    let mut digits = |value: u32, width: u32, after: char| {
+        for place in (0..width).rev() {
+            let digit = value / 10u32.pow(place) % 10;
+            out.push(char::from(b'0' + digit as u8));
+        }
+        out.push(after);
+    };
+    digits(year, 4, '-');
+    digits(d.month() as u32, 2, '-');
+    digits(d.day() as u32, 2, 'T');
+    digits(d.hour() as u32, 2, ':');
+    digits(d.minute() as u32, 2, ':');
+    digits(d.second() as u32, 2, '.');
+    digits(d.millisecond() as u32, 3, 'Z');
+    out
 }
 
 pub fn now_ms() -> i64 {
@@ -358,6 +382,32 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(iso8601(i64::MAX), format!("{}ms", i64::MAX));
+    }
+
+    #[test]
+    fn iso_dates_match_strftime_over_jiffs_range() {
+        let (min, max) = (
+            jiff::Timestamp::MIN.as_millisecond(),
+            jiff::Timestamp::MAX.as_millisecond(),
+        );
+        // Near both ends, years 0–1 and 1969–1970, and a walk across the range whose step is
+        // prime to every calendar unit; whatever jiff accepts must match its strftime.
+        let year_1 = -62_135_596_800_000;
+        let mut samples = vec![min, min + 1, max - 1, max, -1, 0, 1, year_1 - 1, year_1];
+        let step = (max - min) / 100_003 + 7;
+        samples.extend((0..100_003).map(|i| min + i * step));
+        let mut checked = 0;
+        for ms in samples {
+            let Ok(t) = jiff::Timestamp::from_millisecond(ms) else {
+                continue;
+            };
+            let expected = t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            assert_eq!(iso8601(ms), expected, "{ms}");
+            checked += 1;
+        }
+        assert!(checked > 100_000, "{checked}");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! - [`bench`]: the benchmarks.
 
 pub mod bench;
-pub mod bench_kafka;
 pub mod generate;
 pub mod migrate;
 pub mod run;

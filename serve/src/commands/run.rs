@@ -56,9 +56,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let kafka = match args.source {
-        SourceKind::Kafka => Some(args.kafka.config()?),
+        SourceKind::Kafka => {
+            anyhow::ensure!(
+                args.backfill == 0,
+                "--backfill is for the built-in generator (a topic has its own history: --start-at-ms)"
+            );
+            Some(args.kafka.config()?)
+        }
         SourceKind::Generator => {
             anyhow::ensure!(args.generator.rate > 0.0, "--rate must be positive");
+            anyhow::ensure!(
+                args.backfill <= 7 * 24 * 60,
+                "--backfill is at most a week (10080 minutes)"
+            );
             anyhow::ensure!(
                 args.generator.partitions >= 1,
                 "--partitions must be at least 1"
@@ -89,11 +99,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     state.high_watermarks = high_watermarks.clone();
     let state = Arc::new(state);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the HTTP runtime")?;
+    let runtime = http_runtime()?;
     let result = runtime.block_on(async {
         tokio::spawn(watch_signals(shutdown.clone(), grace));
         let server = if serves {
@@ -402,14 +408,16 @@ fn start_threads(
             })?;
     }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let start_ms = now_ms - args.backfill as i64 * 60_000;
     let gen = args.generator.clone();
     if kafka.is_none() {
         log::info!(
-            "generator: {} events/s, seed {}, scenario {}, {} partitions",
+            "generator: {} events/s, seed {}, scenario {}, {} partitions, from {} minutes ago",
             gen.rate,
             gen.seed,
             gen.scenario,
-            gen.partitions
+            gen.partitions,
+            args.backfill
         );
     }
     let timely_config = args.cluster.timely()?;
@@ -449,7 +457,7 @@ fn start_threads(
                                 ),
                                 None => {
                                     let generator =
-                                        Generator::new(gen.seed, gen.scenario, now_ms, gen.rate);
+                                        Generator::new(gen.seed, gen.scenario, start_ms, gen.rate);
                                     Box::new(GeneratorSource::new(
                                         generator,
                                         gen.partitions,
@@ -574,8 +582,18 @@ async fn watch_signals(shutdown: Arc<Shutdown>, grace: Duration) {
     shutdown.request(grace);
 }
 
+/// The runtime of the HTTP server (and the few tasks around it): two threads, whatever the
+/// machine, beside the dataflow's own threads. `bench http-ceiling` uses the same.
+pub(crate) fn http_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")
+}
+
 /// Resolves on the next SIGINT or SIGTERM.
-async fn signal() {
+pub(crate) async fn signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");

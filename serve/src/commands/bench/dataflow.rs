@@ -1,0 +1,68 @@
+//! `streampulse bench dataflow`: runs the dataflow harness of the `streampulse-benches` crate and
+//! prints one JSON object per line (and a readable table on stderr).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The flags of `bench dataflow` (see `cli::BenchWhat::Dataflow`).
+pub struct Options {
+    pub events: u64,
+    pub workers: Vec<usize>,
+    pub runs: usize,
+    pub seed: u64,
+    pub batch: usize,
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let Options {
+        events,
+        workers,
+        runs,
+        seed,
+        batch,
+        out,
+    } = options;
+    anyhow::ensure!(
+        runs >= 1 && events >= 1,
+        "need at least one run and one event"
+    );
+    anyhow::ensure!(workers.iter().all(|&w| w >= 1), "worker counts start at 1");
+    log::info!("materialising {events} events, then {runs} runs of baseline and -w {workers:?}");
+    let results = streampulse_benches::bench_dataflow(events, &workers, runs, seed, batch, |msg| {
+        log::info!("{msg}")
+    });
+    let mut file = match out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => None,
+    };
+    eprintln!(
+        "{:<18} {:>7} {:>12} {:>9} {:>14} {:>10} {:>9}",
+        "name", "workers", "events", "seconds", "events/s", "×baseline", "×1 worker"
+    );
+    for m in &results {
+        let line = serde_json::to_string(m)?;
+        println!("{line}");
+        if let Some(f) = file.as_mut() {
+            writeln!(f, "{line}")?;
+        }
+        eprintln!(
+            "{:<18} {:>7} {:>12} {:>9.3} {:>14.0} {:>10.2} {:>9}",
+            m.name,
+            m.workers,
+            m.events,
+            m.seconds,
+            m.events_per_sec,
+            m.ratio_to_baseline,
+            m.speedup_vs_1_worker
+                .map(|s| format!("{s:.2}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
