@@ -29,6 +29,7 @@ import org.apache.kafka.common.MetricName;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 import org.apache.kafka.common.serialization.StringDeserializer;
+import org.apache.kafka.streams.CloseOptions;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse;
@@ -246,7 +247,9 @@ public final class App {
         Thread.sleep(500);
         long droppedMetric = sumMetric(streams.metrics(), "dropped-records-total", "stream-task-metrics");
         long closing = System.nanoTime();
-        if (!streams.close(Duration.ofSeconds(120))) {
+        // Leave the group on close, so that the run's consumer group can be deleted right after.
+        if (!streams.close(CloseOptions.timeout(Duration.ofSeconds(120))
+                .withGroupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP))) {
             throw new IllegalStateException("Kafka Streams did not close within 120 s");
         }
         long closed = System.nanoTime();
