@@ -8,15 +8,19 @@
 # It writes the topic kstreams-3m unless it exists (3 partitions, 3,000,000 events), with
 #   target/release/streampulse generate --topic kstreams-3m --partitions 3 --count 3000000 \
 #     --rate 2000 --start-ms 1700000000000 --seed 7
-# then runs, 1 stream thread each: at_least_once and exactly_once_v2 with grace 5 s, interleaved,
-# 3 times each, then at_least_once with grace 1 day once. Each run's JSON line goes to stdout and
-# is appended to benches/results/kstreams.jsonl; the medians follow, one JSON line per setting.
+# then runs, 1 stream thread each, interleaved, 3 times each: at_least_once and exactly_once_v2, each
+# with grace 5 s (the job's lateness) and with grace 1 day (drops nothing on this topic). Each run's
+# JSON line goes to stdout and is appended to benches/results/kstreams.jsonl; the medians follow, one
+# JSON line per setting. About 25 minutes on the 2-core machine.
 #
 # One run (builds if needed, reads TOPIC from its beginning until every record has been aggregated,
 # prints one JSON line):
 #
 #   benches/kstreams/run.sh TOPIC [--threads N] [--guarantee at_least_once|exactly_once_v2]
 #                                 [--grace-ms MS] [--app-id ID] [--keep-topics]
+#
+# A run deletes its topics ("<app id>-…") and consumer group when it ends, also on SIGTERM or ^C;
+# after a SIGKILL: benches/kstreams/run.sh --cleanup APP_ID
 #
 # Environment: STREAMPULSE_BROKERS (127.0.0.1:9092); STREAMPULSE_BIN, the binary --suite generates
 # with (target/release/streampulse); KSTREAMS_HEAP (-Xms512m -Xmx1g); MAVEN_REPO, Maven's local
@@ -45,6 +49,7 @@ build() {
   fi
   command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
   log "building $JAR"
+  rm -f "$JAR" # so that a failed build cannot leave an older jar to be run
   # Debian's Maven 3.8 prints colour resets even in batch mode; drop those lines.
   mvn -B -q -f "$HERE/pom.xml" -Dmaven.repo.local="$MAVEN_REPO" package 2>&1 \
     | { grep -v $'^\e\\[0m\\(\e\\[0m\\)*$' || true; } >&2
@@ -87,17 +92,16 @@ suite() {
       --rate 2000 --start-ms 1700000000000 --seed 7 >&2
   fi
   log "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
-  local i g line
+  local i g grace line
   for ((i = 1; i <= runs; i++)); do
-    for g in at_least_once exactly_once_v2; do
-      line=$(run_one "$topic" --guarantee "$g" --grace-ms 5000)
-      echo "$line" | tee -a "$out" "$lines"
-      log "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    for grace in 5000 86400000; do
+      for g in at_least_once exactly_once_v2; do
+        line=$(run_one "$topic" --guarantee "$g" --grace-ms "$grace")
+        echo "$line" | tee -a "$out" "$lines"
+        log "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+      done
     done
   done
-  line=$(run_one "$topic" --guarantee at_least_once --grace-ms 86400000)
-  echo "$line" | tee -a "$out" "$lines"
-  log "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
   # Medians per (guarantee, grace).
   python3 - "$lines" <<'PY'
 import json, statistics, sys
@@ -123,6 +127,10 @@ PY
 case $1 in
   -h|--help) usage ;;
   --suite) build; suite ;;
+  --cleanup)
+    [[ $# -eq 2 ]] || usage
+    build
+    java -cp "$JAR:$HERE/target/lib/*" streampulse.kstreams.App --bootstrap "$BROKERS" --cleanup "$2" ;;
   -*) usage ;;
   *) build; run_one "$@" ;;
 esac

@@ -94,6 +94,11 @@ public final class App {
     }
 
     public static void main(String[] args) throws Exception {
+        if (args.length == 4 && args[0].equals("--bootstrap") && args[2].equals("--cleanup")) {
+            // What an interrupted run left behind: its topics and consumer group.
+            deleteRunArtifacts(args[1], args[3]);
+            return;
+        }
         Options o;
         try {
             o = Options.parse(args);
@@ -119,22 +124,36 @@ public final class App {
             // Output records carry event times (here 2023): keep them whatever their age, until deleted.
             admin.createTopics(List.of(new NewTopic(outTopic, Optional.of(partitions), Optional.empty())
                     .configs(Map.of("retention.ms", "-1")))).all().get();
-            try {
-                Result r = run(o, outTopic, events);
-                System.out.println(r.json(o));
-            } finally {
-                if (!o.keepTopics()) {
-                    deleteRunArtifacts(admin, o.appId());
+            // A run stopped by a signal deletes what it made too (the hook runs after Kafka Streams'
+            // own shutdown hook, if any, has closed it).
+            AtomicReference<Boolean> cleaned = new AtomicReference<>(false);
+            Thread cleanup = new Thread(() -> {
+                if (!o.keepTopics() && cleaned.compareAndSet(false, true)) {
+                    KafkaStreams streams = RUNNING.get();
+                    if (streams != null) {
+                        streams.close(leaving(Duration.ofSeconds(10)));
+                    }
+                    deleteRunArtifacts(o.bootstrap(), o.appId());
                 }
-            }
+            });
+            Runtime.getRuntime().addShutdownHook(cleanup);
+            Result r = run(o, outTopic, events);
+            System.out.println(r.json(o));
+            cleanup.run();
+            Runtime.getRuntime().removeShutdownHook(cleanup);
         }
     }
 
     /** Records in a topic: end offsets minus start offsets (the generator writes no transaction markers). */
     static long recordsIn(Admin admin, String topic, int partitions) throws Exception {
+        return recordsIn(admin, topic, 0, partitions);
+    }
+
+    /** Records in partitions [from, to) of a topic. */
+    static long recordsIn(Admin admin, String topic, int from, int to) throws Exception {
         Map<TopicPartition, OffsetSpec> earliest = new HashMap<>();
         Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
-        for (int p = 0; p < partitions; p++) {
+        for (int p = from; p < to; p++) {
             earliest.put(new TopicPartition(topic, p), OffsetSpec.earliest());
             latest.put(new TopicPartition(topic, p), OffsetSpec.latest());
         }
@@ -196,6 +215,7 @@ public final class App {
         var topology = Job.build(o.topic(), outTopic, Duration.ofMillis(o.windowMs()), Duration.ofMillis(o.graceMs()),
                 o.ruleLatenessMs(), progress);
         KafkaStreams streams = new KafkaStreams(topology, p);
+        RUNNING.set(streams);
         AtomicReference<Throwable> failure = new AtomicReference<>();
         streams.setUncaughtExceptionHandler(e -> {
             failure.compareAndSet(null, e);
@@ -247,9 +267,7 @@ public final class App {
         Thread.sleep(500);
         long droppedMetric = sumMetric(streams.metrics(), "dropped-records-total", "stream-task-metrics");
         long closing = System.nanoTime();
-        // Leave the group on close, so that the run's consumer group can be deleted right after.
-        if (!streams.close(CloseOptions.timeout(Duration.ofSeconds(120))
-                .withGroupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP))) {
+        if (!streams.close(leaving(Duration.ofSeconds(120)))) {
             throw new IllegalStateException("Kafka Streams did not close within 120 s");
         }
         long closed = System.nanoTime();
@@ -273,6 +291,15 @@ public final class App {
         } catch (Exception e) {
             return "";
         }
+    }
+
+    /** The application being run, for the shutdown hook. */
+    private static final AtomicReference<KafkaStreams> RUNNING = new AtomicReference<>();
+
+    /** Close options that leave the group, so that the run's consumer group can be deleted right after. */
+    static CloseOptions leaving(Duration timeout) {
+        return CloseOptions.timeout(timeout)
+                .withGroupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP);
     }
 
     static long sumMetric(Map<MetricName, ? extends Metric> metrics, String name, String group) {
@@ -322,8 +349,10 @@ public final class App {
     }
 
     /** Deletes the run's internal and output topics (all named "<app id>-…") and its consumer group. */
-    static void deleteRunArtifacts(Admin admin, String appId) {
-        try {
+    static void deleteRunArtifacts(String bootstrap, String appId) {
+        Properties p = new Properties();
+        p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(p)) {
             List<String> mine = admin.listTopics().names().get().stream()
                     .filter(t -> t.startsWith(appId + "-"))
                     .toList();

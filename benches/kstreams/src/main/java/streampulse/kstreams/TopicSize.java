@@ -1,5 +1,5 @@
-// TopicSize: prints how many records a topic holds (exit 1 when it does not exist); run.sh --suite
-// uses it to decide whether the benchmark topic must be generated.
+// TopicSize: prints how many records a topic holds (exit 1 when it does not exist), and on stderr how
+// many each partition holds; run.sh --suite uses it to decide whether the topic must be generated.
 package streampulse.kstreams;
 
 import java.util.List;
@@ -24,7 +24,13 @@ public final class TopicSize {
             }
             int partitions = admin.describeTopics(List.of(args[3])).allTopicNames().get()
                     .get(args[3]).partitions().size();
-            System.out.println(App.recordsIn(admin, args[3], partitions));
+            long total = 0;
+            for (int i = 0; i < partitions; i++) {
+                long n = App.recordsIn(admin, args[3], i, i + 1);
+                System.err.printf("partition %d: %d records%n", i, n);
+                total += n;
+            }
+            System.out.println(total);
         }
     }
 }
