@@ -9,6 +9,8 @@
 //!                            every record
 //!     pipeline → PostgreSQL  `streampulse run --source kafka --postgres`, until sink_progress
 //!                            covers the topic
+//!     Kafka Streams peer     benches/kstreams/run.sh on the same topic (with `kstreams`), grace
+//!                            5 s and 1 day: its own time to aggregate every record
 //! ```
 //!
 //! Each pipeline run is a fresh process (and a fresh schema), timed from its start to the moment
@@ -47,6 +49,8 @@ pub struct KafkaBench {
     pub binary: PathBuf,
     /// Extra flags for every `streampulse run` (e.g. `--kafka-option k=v`).
     pub run_args: Vec<String>,
+    /// benches/kstreams/run.sh, to run the Kafka Streams peer on the same topic (`None`: skip).
+    pub kstreams: Option<PathBuf>,
 }
 
 /// One line of output.
@@ -65,6 +69,9 @@ pub struct KafkaMeasurement {
     /// Median peak resident memory of the process, MiB (pipeline runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mib: Option<f64>,
+    /// The peer's median count of events its windows dropped as late.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_late: Option<f64>,
 }
 
 /// The topic's shape, printed with the results.
@@ -316,7 +323,43 @@ fn rand_suffix() -> u128 {
 }
 
 /// One run's seconds and peak RSS (MiB).
-type Sample = (f64, Option<f64>);
+/// One run: seconds, peak RSS (MiB), events dropped as late (the peer).
+type Sample = (f64, Option<f64>, Option<f64>);
+
+/// The grace periods the peer runs with: the job's lateness (5 s), and a day, which drops nothing
+/// on the benchmark topic (see benches/kstreams/README.md for why 5 s drops most of it).
+const PEER_GRACE_MS: [(u64, &str); 2] = [
+    (5_000, "kstreams_grace_5s"),
+    (86_400_000, "kstreams_grace_1d"),
+];
+
+/// One run of the Kafka Streams peer (one stream thread, at-least-once) on the bench topic:
+/// returns its seconds from the first record to the last aggregated, and the events it dropped.
+fn peer(bench: &KafkaBench, script: &PathBuf, grace_ms: u64) -> Result<(f64, f64), String> {
+    let output = Command::new(script)
+        .arg(&bench.topic)
+        .args(["--threads", "1", "--guarantee", "at_least_once"])
+        .args(["--grace-ms", &grace_ms.to_string()])
+        .env("STREAMPULSE_BROKERS", &bench.brokers)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!("{} failed: {}", script.display(), output.status));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("the peer printed no JSON line")?;
+    let value: serde_json::Value = serde_json::from_str(line).map_err(err)?;
+    let seconds = value["seconds"]
+        .as_f64()
+        .ok_or("the peer's line has no seconds")?;
+    let dropped = value["dropped_late"].as_f64().unwrap_or(0.0);
+    Ok((seconds, dropped))
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -337,7 +380,7 @@ pub fn bench_kafka(
     ));
     let mut samples: BTreeMap<(usize, String, usize), Vec<Sample>> = BTreeMap::new();
     for run in 0..bench.runs {
-        let mut record = |order: usize, name: &str, workers: usize, seconds: f64, rss| {
+        let mut record = |order: usize, name: &str, workers: usize, seconds: f64, rss, dropped| {
             log(format!(
                 "run {}/{}: {name} -w {workers}: {seconds:.2} s ({:.0} events/s)",
                 run + 1,
@@ -347,22 +390,30 @@ pub fn bench_kafka(
             samples
                 .entry((order, name.to_string(), workers))
                 .or_default()
-                .push((seconds, rss));
+                .push((seconds, rss, dropped));
         };
-        record(0, "raw_consume", 1, raw_read(bench, &shape, false)?, None);
         record(
+            0,
+            "raw_consume",
             1,
-            "raw_consume_decode",
-            1,
-            raw_read(bench, &shape, true)?,
+            raw_read(bench, &shape, false)?,
+            None,
             None,
         );
+        let decode = raw_read(bench, &shape, true)?;
+        record(1, "raw_consume_decode", 1, decode, None, None);
         for &workers in &bench.workers {
             let (seconds, rss) = pipeline(bench, &shape, workers, false)?;
-            record(2, "pipeline_memory", workers, seconds, rss);
+            record(2, "pipeline_memory", workers, seconds, rss, None);
             if bench.postgres.is_some() {
                 let (seconds, rss) = pipeline(bench, &shape, workers, true)?;
-                record(3, "pipeline_postgres", workers, seconds, rss);
+                record(3, "pipeline_postgres", workers, seconds, rss, None);
+            }
+        }
+        if let Some(script) = &bench.kstreams {
+            for (grace_ms, name) in PEER_GRACE_MS {
+                let (seconds, dropped) = peer(bench, script, grace_ms)?;
+                record(4, name, 1, seconds, None, Some(dropped));
             }
         }
     }
@@ -370,15 +421,16 @@ pub fn bench_kafka(
         samples
             .iter()
             .find(|((_, name, _), _)| name == "raw_consume")
-            .map(|(_, s)| s.iter().map(|(sec, _)| *sec).collect())
+            .map(|(_, s)| s.iter().map(|(sec, _, _)| *sec).collect())
             .unwrap_or_default(),
     );
     let raw_rate = shape.events as f64 / raw;
     let measurements = samples
         .into_iter()
         .map(|((_, name, workers), runs)| {
-            let seconds = median(runs.iter().map(|(s, _)| *s).collect());
-            let rss: Vec<f64> = runs.iter().filter_map(|(_, r)| *r).collect();
+            let seconds = median(runs.iter().map(|(s, _, _)| *s).collect());
+            let rss: Vec<f64> = runs.iter().filter_map(|(_, r, _)| *r).collect();
+            let dropped: Vec<f64> = runs.iter().filter_map(|(_, _, d)| *d).collect();
             let rate = shape.events as f64 / seconds;
             KafkaMeasurement {
                 name,
@@ -389,6 +441,7 @@ pub fn bench_kafka(
                 events_per_sec: rate,
                 ratio_to_raw: rate / raw_rate,
                 peak_rss_mib: (!rss.is_empty()).then(|| median(rss)),
+                dropped_late: (!dropped.is_empty()).then(|| median(dropped)),
             }
         })
         .collect();
@@ -433,7 +486,11 @@ pub fn latency(
     let kafka = config(&latency_bench);
     kafka.create_topic(bench.partitions).map_err(err)?;
     let schema = format!("bench_latency_{}", rand_suffix());
-    let run = Run::start(&latency_bench, workers, bench.postgres.as_ref().map(|_| schema.as_str()))?;
+    let run = Run::start(
+        &latency_bench,
+        workers,
+        bench.postgres.as_ref().map(|_| schema.as_str()),
+    )?;
     // Let the pipeline connect and settle before offering load.
     std::thread::sleep(Duration::from_secs(3));
     let total = (rate * seconds) as u64;
@@ -505,8 +562,12 @@ pub fn latency(
             std::thread::sleep(Duration::from_secs(3));
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let view_seen = view_poll.join().map_err(|_| "poller panicked".to_string())?;
-        let pg_seen = pg_poll.join().map_err(|_| "poller panicked".to_string())??;
+        let view_seen = view_poll
+            .join()
+            .map_err(|_| "poller panicked".to_string())?;
+        let pg_seen = pg_poll
+            .join()
+            .map_err(|_| "poller panicked".to_string())??;
         Ok::<_, String>((sent, view_seen, pg_seen))
     })?;
     drop(run);
@@ -515,9 +576,23 @@ pub fn latency(
             let _ = db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
         }
     }
-    let mut out = vec![percentiles("event_to_view", workers, rate, seconds, &sent, &view_seen)?];
+    let mut out = vec![percentiles(
+        "event_to_view",
+        workers,
+        rate,
+        seconds,
+        &sent,
+        &view_seen,
+    )?];
     if bench.postgres.is_some() {
-        out.push(percentiles("event_to_postgres", workers, rate, seconds, &sent, &pg_seen)?);
+        out.push(percentiles(
+            "event_to_postgres",
+            workers,
+            rate,
+            seconds,
+            &sent,
+            &pg_seen,
+        )?);
     }
     Ok(out)
 }

@@ -3,7 +3,7 @@
 //! - [`event`] owns the `Event` type (the Rust image of `schemas/event.avsc`) and [`Record`], an event
 //!   with the Kafka partition and offset it came from.
 //! - [`avro`] encodes and decodes bare Avro datums against the committed schemas, with a [`DecodeError`]
-//!   that says what was wrong.
+//!   that says what was wrong; [`datum`] reads a datum of `schemas/event.avsc` by hand (the hot path).
 //! - [`generator`] is the seeded, deterministic traffic generator with named fault [`Scenario`]s (and
 //!   the values of the fields schema v2 adds).
 //! - [`confluent`] owns the Confluent wire framing, the Schema Registry client, and the decoder and
@@ -17,6 +17,7 @@
 
 pub mod avro;
 pub mod confluent;
+pub mod datum;
 pub mod event;
 pub mod generator;
 #[cfg(feature = "kafka")]

@@ -463,6 +463,10 @@ pub enum BenchWhat {
         /// Skip the throughput runs (e.g. to measure latency alone).
         #[arg(long)]
         no_throughput: bool,
+        /// Also run the Kafka Streams peer on the topic, with this script
+        /// (benches/kstreams/run.sh; needs Java 17+ and Maven).
+        #[arg(long)]
+        kstreams: Option<PathBuf>,
         /// Append the JSON lines to this file.
         #[arg(long)]
         out: Option<PathBuf>,

@@ -22,12 +22,16 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
         latency_rate,
         latency_seconds,
         no_throughput,
+        kstreams,
         out,
     } = what
     else {
         anyhow::bail!("not the Kafka benchmark");
     };
-    anyhow::ensure!(runs >= 1 && events >= 1, "need at least one run and one event");
+    anyhow::ensure!(
+        runs >= 1 && events >= 1,
+        "need at least one run and one event"
+    );
     let bench = KafkaBench {
         brokers,
         topic,
@@ -39,13 +43,17 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
         postgres,
         binary: std::env::current_exe()?,
         run_args,
+        kstreams,
     };
     let mut lines = Vec::new();
     if !no_throughput {
         throughput(&bench, &mut lines)?;
     }
     if let Some(rate) = latency_rate {
-        anyhow::ensure!(rate > 0.0 && latency_seconds > 0.0, "latency needs a rate and a duration");
+        anyhow::ensure!(
+            rate > 0.0 && latency_seconds > 0.0,
+            "latency needs a rate and a duration"
+        );
         let mut rows = Vec::new();
         for &workers in &bench.workers {
             let results = latency(&bench, workers, rate, latency_seconds, &|msg| {
@@ -108,8 +116,13 @@ fn throughput(bench: &KafkaBench, lines: &mut Vec<String>) -> anyhow::Result<()>
             m.seconds,
             m.events_per_sec,
             m.ratio_to_raw,
-            m.peak_rss_mib.map(|r| format!("{r:.0}")).unwrap_or_default()
+            m.peak_rss_mib
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_default()
         );
+        if let Some(dropped) = m.dropped_late {
+            eprintln!("{:<20} dropped {dropped:.0} events as late", "");
+        }
     }
     Ok(())
 }
