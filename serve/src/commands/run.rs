@@ -37,8 +37,6 @@ use crate::store::{load_resume, migrate, Database, Session};
 
 /// Updates that may wait for the collector before the dataflow has to pause.
 const UPDATE_BUFFER: usize = 1024;
-/// Records fed as one batch in live mode: small, so the view stays fresh.
-const LIVE_BATCH: usize = 20_000;
 
 /// `streampulse run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -426,7 +424,7 @@ fn start_threads(
         let stop = shutdown.flag();
         let output = serves.then_some(tx);
         let limits = Limits {
-            batch_max: LIVE_BATCH,
+            batch_max: args.batch as usize,
             // The old pipeline's event_log kept every 100th event; only the sink stores it.
             sample_every: db.is_some().then_some(100),
             max_rate: args.max_rate.map(|r| r / args.cluster.workers as f64),
