@@ -66,6 +66,14 @@ pub struct KafkaMeasurement {
     pub events_per_sec: f64,
     /// Events/s over the raw consume's, measured in the same invocation.
     pub ratio_to_raw: f64,
+    /// Median seconds from the process's start to its first record (group join, metadata, the
+    /// API): part of `seconds`, and of `ratio_to_raw`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_s: Option<f64>,
+    /// Median events/s from the first record on: how fast a running process works through a
+    /// backlog (the Kafka Streams peer reports only this kind of figure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_per_sec_after_start: Option<f64>,
     /// Median peak resident memory of the process, MiB (pipeline runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mib: Option<f64>,
@@ -265,14 +273,15 @@ impl Run {
     }
 }
 
-/// Runs the pipeline until the whole topic is accounted for (in memory, or committed to
-/// PostgreSQL); returns seconds from the process's start and its peak RSS.
+/// Runs the pipeline until the whole topic is accounted for (in the view the API serves, or
+/// committed to PostgreSQL); returns seconds from the process's start, seconds until its first
+/// record was read, and its peak RSS.
 fn pipeline(
     bench: &KafkaBench,
     shape: &TopicShape,
     workers: usize,
     sink: bool,
-) -> Result<(f64, Option<f64>), String> {
+) -> Result<Sample, String> {
     let schema = sink.then(|| format!("bench_{}_{}", std::process::id(), rand_suffix()));
     let mut db = match (&bench.postgres, sink) {
         (Some(url), true) => Some(postgres::Client::connect(url, postgres::NoTls).map_err(err)?),
@@ -281,7 +290,11 @@ fn pipeline(
     let started = Instant::now();
     let mut run = Run::start(bench, workers, schema.as_deref())?;
     let deadline = started + Duration::from_secs(900);
+    let mut first_record = None;
     loop {
+        if first_record.is_none() && run.metric("streampulse_events_total") > 0.0 {
+            first_record = Some(started.elapsed().as_secs_f64());
+        }
         if let Some(e) = run.exited() {
             return Err(e);
         }
@@ -298,7 +311,7 @@ fn pipeline(
                     .unwrap_or(false)
             }
             _ => {
-                let read = run.metric("streampulse_events_total")
+                let read = run.metric("streampulse_view_events_total")
                     + run.metric("streampulse_dead_letters_total");
                 read as u64 >= shape.events
             }
@@ -310,9 +323,14 @@ fn pipeline(
             if let (Some(db), Some(schema)) = (&mut db, &schema) {
                 let _ = db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
             }
-            return Ok((seconds, rss));
+            return Ok(Sample {
+                seconds,
+                startup: first_record,
+                rss,
+                dropped: None,
+            });
         }
-        std::thread::sleep(Duration::from_millis(if sink { 100 } else { 20 }));
+        std::thread::sleep(Duration::from_millis(if sink { 50 } else { 10 }));
     }
 }
 
@@ -323,8 +341,18 @@ fn rand_suffix() -> u128 {
 }
 
 /// One run's seconds and peak RSS (MiB).
-/// One run: seconds, peak RSS (MiB), events dropped as late (the peer).
-type Sample = (f64, Option<f64>, Option<f64>);
+/// One run of one measurement.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    /// From the process's start until the topic was accounted for.
+    seconds: f64,
+    /// From the process's start until its first record was read (processes only).
+    startup: Option<f64>,
+    /// Peak resident memory, MiB (processes of our own).
+    rss: Option<f64>,
+    /// Events the windows dropped as late (the peer).
+    dropped: Option<f64>,
+}
 
 /// The grace periods the peer runs with: the job's lateness (5 s), and a day, which drops nothing
 /// on the benchmark topic (see benches/kstreams/README.md for why 5 s drops most of it).
@@ -333,9 +361,10 @@ const PEER_GRACE_MS: [(u64, &str); 2] = [
     (86_400_000, "kstreams_grace_1d"),
 ];
 
-/// One run of the Kafka Streams peer (one stream thread, at-least-once) on the bench topic:
-/// returns its seconds from the first record to the last aggregated, and the events it dropped.
-fn peer(bench: &KafkaBench, script: &PathBuf, grace_ms: u64) -> Result<(f64, f64), String> {
+/// One run of the Kafka Streams peer (one stream thread, at-least-once) on the bench topic: its
+/// start-up (group join, internal topics) plus the time from its first record to the last one
+/// aggregated, the start-up alone, and the events it dropped.
+fn peer(bench: &KafkaBench, script: &PathBuf, grace_ms: u64) -> Result<Sample, String> {
     let output = Command::new(script)
         .arg(&bench.topic)
         .args(["--threads", "1", "--guarantee", "at_least_once"])
@@ -357,8 +386,13 @@ fn peer(bench: &KafkaBench, script: &PathBuf, grace_ms: u64) -> Result<(f64, f64
     let seconds = value["seconds"]
         .as_f64()
         .ok_or("the peer's line has no seconds")?;
-    let dropped = value["dropped_late"].as_f64().unwrap_or(0.0);
-    Ok((seconds, dropped))
+    let startup = value["startup_s"].as_f64().unwrap_or(0.0);
+    Ok(Sample {
+        seconds: startup + seconds,
+        startup: Some(startup),
+        rss: None,
+        dropped: Some(value["dropped_late"].as_f64().unwrap_or(0.0)),
+    })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -380,40 +414,45 @@ pub fn bench_kafka(
     ));
     let mut samples: BTreeMap<(usize, String, usize), Vec<Sample>> = BTreeMap::new();
     for run in 0..bench.runs {
-        let mut record = |order: usize, name: &str, workers: usize, seconds: f64, rss, dropped| {
+        let mut record = |order: usize, name: &str, workers: usize, sample: Sample| {
             log(format!(
-                "run {}/{}: {name} -w {workers}: {seconds:.2} s ({:.0} events/s)",
+                "run {}/{}: {name} -w {workers}: {:.2} s ({:.0} events/s)",
                 run + 1,
                 bench.runs,
-                shape.events as f64 / seconds
+                sample.seconds,
+                shape.events as f64 / sample.seconds
             ));
             samples
                 .entry((order, name.to_string(), workers))
                 .or_default()
-                .push((seconds, rss, dropped));
+                .push(sample);
         };
+        let raw = |seconds| Sample {
+            seconds,
+            ..Sample::default()
+        };
+        record(0, "raw_consume", 1, raw(raw_read(bench, &shape, false)?));
         record(
-            0,
-            "raw_consume",
             1,
-            raw_read(bench, &shape, false)?,
-            None,
-            None,
+            "raw_consume_decode",
+            1,
+            raw(raw_read(bench, &shape, true)?),
         );
-        let decode = raw_read(bench, &shape, true)?;
-        record(1, "raw_consume_decode", 1, decode, None, None);
         for &workers in &bench.workers {
-            let (seconds, rss) = pipeline(bench, &shape, workers, false)?;
-            record(2, "pipeline_memory", workers, seconds, rss, None);
+            record(
+                2,
+                "pipeline_memory",
+                workers,
+                pipeline(bench, &shape, workers, false)?,
+            );
             if bench.postgres.is_some() {
-                let (seconds, rss) = pipeline(bench, &shape, workers, true)?;
-                record(3, "pipeline_postgres", workers, seconds, rss, None);
+                let sample = pipeline(bench, &shape, workers, true)?;
+                record(3, "pipeline_postgres", workers, sample);
             }
         }
         if let Some(script) = &bench.kstreams {
             for (grace_ms, name) in PEER_GRACE_MS {
-                let (seconds, dropped) = peer(bench, script, grace_ms)?;
-                record(4, name, 1, seconds, None, Some(dropped));
+                record(4, name, 1, peer(bench, script, grace_ms)?);
             }
         }
     }
@@ -421,16 +460,24 @@ pub fn bench_kafka(
         samples
             .iter()
             .find(|((_, name, _), _)| name == "raw_consume")
-            .map(|(_, s)| s.iter().map(|(sec, _, _)| *sec).collect())
+            .map(|(_, s)| s.iter().map(|s| s.seconds).collect())
             .unwrap_or_default(),
     );
     let raw_rate = shape.events as f64 / raw;
     let measurements = samples
         .into_iter()
         .map(|((_, name, workers), runs)| {
-            let seconds = median(runs.iter().map(|(s, _, _)| *s).collect());
-            let rss: Vec<f64> = runs.iter().filter_map(|(_, r, _)| *r).collect();
-            let dropped: Vec<f64> = runs.iter().filter_map(|(_, _, d)| *d).collect();
+            let seconds = median(runs.iter().map(|s| s.seconds).collect());
+            let optional = |values: Vec<f64>| (!values.is_empty()).then(|| median(values));
+            let rss = optional(runs.iter().filter_map(|s| s.rss).collect());
+            let dropped = optional(runs.iter().filter_map(|s| s.dropped).collect());
+            let startup = optional(runs.iter().filter_map(|s| s.startup).collect());
+            // Median over runs of the rate after start-up (not the ratio of medians).
+            let after_start = optional(
+                runs.iter()
+                    .filter_map(|s| s.startup.map(|up| shape.events as f64 / (s.seconds - up)))
+                    .collect(),
+            );
             let rate = shape.events as f64 / seconds;
             KafkaMeasurement {
                 name,
@@ -440,8 +487,10 @@ pub fn bench_kafka(
                 seconds,
                 events_per_sec: rate,
                 ratio_to_raw: rate / raw_rate,
-                peak_rss_mib: (!rss.is_empty()).then(|| median(rss)),
-                dropped_late: (!dropped.is_empty()).then(|| median(dropped)),
+                startup_s: startup,
+                events_per_sec_after_start: after_start,
+                peak_rss_mib: rss,
+                dropped_late: dropped,
             }
         })
         .collect();

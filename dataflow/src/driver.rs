@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::graph::{build, build_marks};
 use crate::marks::{Mark, Marks};
 use crate::output::{Change, Sample, Side, Update};
-use crate::run::{Caller, Plan};
+use crate::run::{Caller, Plan, CATCH_UP_LAG_MS};
 use crate::window::{epoch_now, Clock, Time};
 
 /// Runs one worker over `source` until the source is done (or the caller's `stop` is set) and all
@@ -98,7 +98,18 @@ pub fn run_worker(worker: &mut Worker, plan: &Plan, caller: &Caller, source: &mu
     loop {
         let mut poll = Poll::Done;
         if let Some((input, side)) = inputs.as_mut() {
-            let mut allowed = limits.batch_max;
+            // Catching up when even the partition furthest ahead is behind (then every partition
+            // is); sources without Kafka timestamps are never catching up.
+            let newest = partitions
+                .iter()
+                .filter_map(|&p| source.record_time(p))
+                .max();
+            let catching_up = newest.is_some_and(|ms| epoch_now() as i64 - ms > CATCH_UP_LAG_MS);
+            let mut allowed = if catching_up {
+                limits.catch_up_batch_max
+            } else {
+                limits.batch_max
+            };
             if let Some(rate) = limits.max_rate {
                 let budget = (rate * start.elapsed().as_secs_f64()) as u64;
                 allowed = allowed.min(budget.saturating_sub(read) as usize);

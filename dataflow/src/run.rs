@@ -52,11 +52,19 @@ pub struct Counters {
     pub ledger_windows: AtomicU64,
 }
 
+/// How far behind the wall clock (ms) a worker's newest records must be for it to count as
+/// catching up (see [`Limits::catch_up_batch_max`]).
+pub const CATCH_UP_LAG_MS: i64 = 2_000;
+
 /// Limits of one worker loop.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Most records fed as one batch (one input time).
+    /// Most records fed as one batch (one input time) by a worker at the head of its partitions.
     pub batch_max: usize,
+    /// The same for a worker catching up: its partitions' newest records (by Kafka timestamp)
+    /// more than [`CATCH_UP_LAG_MS`] old. Larger batches cost less per event; near the head they
+    /// would hold the view back by the time one takes.
+    pub catch_up_batch_max: usize,
     /// How long a worker waits for its previous batch to pass the frontier before feeding more.
     pub max_wait: Duration,
     /// Most records per second this worker reads (`None`: as fast as it can), to cap catch-up load.
@@ -70,6 +78,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             batch_max: 100_000,
+            catch_up_batch_max: 100_000,
             max_wait: Duration::from_secs(1),
             max_rate: None,
             sample_every: None,

@@ -197,10 +197,13 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMPULSE_MAX_RATE")]
     pub max_rate: Option<f64>,
     /// Most records a worker reads before feeding them to the dataflow as one batch (one input
-    /// time). Larger batches pre-combine more; smaller ones stay in the CPU's caches and keep the
-    /// view fresher (README "Performance" has the measurements).
-    #[arg(long, env = "STREAMPULSE_BATCH", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// time), when it is at the head of its partitions: small batches keep the view fresh.
+    #[arg(long, env = "STREAMPULSE_BATCH", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch: u32,
+    /// The same when it is catching up (its newest Kafka records more than 2 s old): larger
+    /// batches cost less per event (README "Performance" has the measurements).
+    #[arg(long, env = "STREAMPULSE_CATCH_UP_BATCH", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub catch_up_batch: u32,
     /// Seconds a shutdown (SIGTERM, SIGINT) may spend committing what is complete; past them (the
     /// database is away) the process exits non-zero, and the next start reads the rest again.
     #[arg(long, env = "STREAMPULSE_SHUTDOWN_TIMEOUT", default_value_t = 30)]

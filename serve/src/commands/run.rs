@@ -425,6 +425,7 @@ fn start_threads(
         let output = serves.then_some(tx);
         let limits = Limits {
             batch_max: args.batch as usize,
+            catch_up_batch_max: args.catch_up_batch as usize,
             // The old pipeline's event_log kept every 100th event; only the sink stores it.
             sample_every: db.is_some().then_some(100),
             max_rate: args.max_rate.map(|r| r / args.cluster.workers as f64),

@@ -104,8 +104,8 @@ fn throughput(bench: &KafkaBench, lines: &mut Vec<String>) -> anyhow::Result<()>
         shape.topic, shape.events, shape.partition_sizes
     );
     eprintln!(
-        "{:<20} {:>7} {:>9} {:>12} {:>8} {:>10}",
-        "name", "workers", "seconds", "events/s", "×raw", "peak MiB"
+        "{:<20} {:>7} {:>9} {:>12} {:>8} {:>10} {:>12}",
+        "name", "workers", "seconds", "events/s", "×raw", "peak MiB", "after start"
     );
     for m in &results {
         lines.push(serde_json::to_string(m)?);
