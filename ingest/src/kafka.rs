@@ -90,7 +90,14 @@ impl KafkaConfig {
 
     /// The topic's partition count, waiting up to `timeout` for it to exist.
     pub fn partition_count(&self, timeout: Duration) -> Result<u32, KafkaError> {
-        let consumer = self.consumer()?;
+        self.partition_count_with(&self.consumer()?, timeout)
+    }
+
+    fn partition_count_with(
+        &self,
+        consumer: &BaseConsumer,
+        timeout: Duration,
+    ) -> Result<u32, KafkaError> {
         let deadline = Instant::now() + timeout;
         loop {
             let metadata = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5))?;
@@ -228,14 +235,27 @@ impl KafkaSource {
         workers: usize,
         resume: &BTreeMap<u32, i64>,
     ) -> Result<KafkaSource, KafkaError> {
-        let count = config.partition_count(Duration::from_secs(30))?;
-        let partitions: Vec<u32> = (0..count).filter(|&p| owns(p, worker, workers)).collect();
         let consumer = config.consumer()?;
+        let count = config.partition_count_with(&consumer, Duration::from_secs(30))?;
+        let partitions: Vec<u32> = (0..count).filter(|&p| owns(p, worker, workers)).collect();
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
-            let offset = resume
-                .get(&p)
-                .map_or(start_offset(config), |&o| Offset::Offset(o));
+            let offset = match (resume.get(&p), config.start_at) {
+                (Some(&stored), _) => Offset::Offset(stored),
+                (None, Some(ms)) => Offset::Offset(ms), // resolved by time below
+                // The beginning, as a number: assigned at Offset::Beginning, librdkafka asks the
+                // leader for it before the connection is up and retries only after 500 ms, which
+                // was most of a fresh start's time to its first record. (If retention removes
+                // those records meanwhile, auto.offset.reset=earliest still applies.)
+                (None, None) => {
+                    let (low, _) = consumer.fetch_watermarks(
+                        &config.topic,
+                        p as i32,
+                        Duration::from_secs(10),
+                    )?;
+                    Offset::Offset(low)
+                }
+            };
             assignment.add_partition_offset(&config.topic, p as i32, offset)?;
         }
         if config.start_at.is_some() {
