@@ -110,13 +110,16 @@ fn throughput(bench: &KafkaBench, lines: &mut Vec<String>) -> anyhow::Result<()>
     for m in &results {
         lines.push(serde_json::to_string(m)?);
         eprintln!(
-            "{:<20} {:>7} {:>9.2} {:>12.0} {:>8.2} {:>10}",
+            "{:<20} {:>7} {:>9.2} {:>12.0} {:>8.2} {:>10} {:>12}",
             m.name,
             m.workers,
             m.seconds,
             m.events_per_sec,
             m.ratio_to_raw,
             m.peak_rss_mib
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_default(),
+            m.events_per_sec_after_start
                 .map(|r| format!("{r:.0}"))
                 .unwrap_or_default()
         );
