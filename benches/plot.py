@@ -4,7 +4,7 @@
     python3 benches/plot.py            # reads benches/results/kafka.jsonl, writes benches/results/*.svg
 
 Standard library only. Of each measurement name and worker count, the last line in the file wins
-(the newest invocation), so re-running a benchmark and this script refreshes the figures.
+(and offered rate, for latency) (the newest invocation), so re-running a benchmark and this script refreshes the figures.
 
 - throughput.svg: events/s of each configuration of `streampulse bench kafka` (raw consume, raw +
   decode, pipeline to memory and to PostgreSQL on 1 and 2 workers, the Kafka Streams peer), with
@@ -31,7 +31,7 @@ def load(path):
             row = json.loads(line)
             if "name" not in row:
                 continue
-            latest[(row["name"], row.get("workers", 1))] = row
+            latest[(row["name"], row.get("workers", 1), row.get("rate"))] = row
     return latest
 
 
@@ -40,7 +40,7 @@ def bars(title, unit, rows, path, width=760):
     top, left, bar_h, gap = 44, 250, 22, 8
     height = top + len(rows) * (bar_h + gap) + 30
     peak = max(v for _, v, _ in rows) or 1
-    span = width - left - 150
+    span = width - left - 240
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="13">',
@@ -60,7 +60,7 @@ def bars(title, unit, rows, path, width=760):
     print(f"wrote {path}", file=sys.stderr)
 
 
-def grouped(title, groups, series, path, width=760):
+def grouped(title, groups, series, path, width=960):
     """Vertical grouped bars on a log scale: groups is [(label, {series: ms})]."""
     import math
 
@@ -132,7 +132,7 @@ def main():
     ]
     rows = []
     for name, workers, label in order:
-        row = kafka.get((name, workers))
+        row = kafka.get((name, workers, None))
         if row:
             rows.append((label, row["events_per_sec"], f"{row['ratio_to_raw']:.2f}× raw"))
     if rows:
@@ -143,10 +143,11 @@ def main():
             os.path.join(RESULTS, "throughput.svg"),
         )
     groups = []
-    for (name, workers), row in sorted(kafka.items()):
-        if "p50_ms" not in row:
-            continue
-        label = f"{name.replace('_', ' ')}, {workers} w, {row['rate']:,.0f}/s"
+    latency_rows = [row for (_, _, rate), row in kafka.items() if rate is not None]
+    latency_rows.sort(key=lambda r: (r["name"] != "event_to_view", -r["rate"], r["workers"]))
+    for row in latency_rows:
+        path = "API" if row["name"] == "event_to_view" else "PG"
+        label = f"{path} {row['workers']}w {row['rate'] / 1000:.0f}k/s"
         groups.append(
             (
                 label,
@@ -160,7 +161,7 @@ def main():
         )
     if groups:
         grouped(
-            "Latency at a steady offered rate (ms, log scale)",
+            "Event to API and to PostgreSQL (PG) at a steady offered rate, ms (log scale)",
             groups,
             ["p50", "p99", "p99.9", "max"],
             os.path.join(RESULTS, "latency.svg"),

@@ -1,7 +1,6 @@
 //! `streampulse bench dataflow`: runs the dataflow harness of the `streampulse-benches` crate and
 //! prints one JSON object per line (and a readable table on stderr).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 /// The flags of `bench dataflow` (see `cli::BenchWhat::Dataflow`).
@@ -32,25 +31,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let results = streampulse_benches::bench_dataflow(events, &workers, runs, seed, batch, |msg| {
         log::info!("{msg}")
     });
-    let mut file = match out {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => None,
-    };
     eprintln!(
         "{:<18} {:>7} {:>12} {:>9} {:>14} {:>10} {:>9}",
         "name", "workers", "events", "seconds", "events/s", "×baseline", "×1 worker"
     );
+    let mut lines = Vec::new();
     for m in &results {
-        let line = serde_json::to_string(m)?;
-        println!("{line}");
-        if let Some(f) = file.as_mut() {
-            writeln!(f, "{line}")?;
-        }
+        lines.push(serde_json::to_string(m)?);
         eprintln!(
             "{:<18} {:>7} {:>12} {:>9.3} {:>14.0} {:>10.2} {:>9}",
             m.name,
@@ -64,5 +51,5 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
-    Ok(())
+    super::emit(&lines, out.as_deref())
 }

@@ -2,8 +2,6 @@
 //! the real path beside raw consume; latency at an offered rate), run with this very binary as the
 //! pipeline; prints one JSON object per line and readable tables on stderr.
 
-use std::io::Write;
-
 use streampulse_benches::kafka::{bench_kafka, latency, KafkaBench};
 
 use crate::cli::BenchWhat;
@@ -76,22 +74,7 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
             );
         }
     }
-    let mut file = match out {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => None,
-    };
-    for line in &lines {
-        println!("{line}");
-        if let Some(f) = file.as_mut() {
-            writeln!(f, "{line}")?;
-        }
-    }
-    Ok(())
+    super::emit(&lines, out.as_deref())
 }
 
 /// The throughput part: prints its table and adds its JSON lines.

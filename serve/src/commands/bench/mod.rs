@@ -10,7 +10,30 @@ pub mod ceiling;
 pub mod dataflow;
 pub mod kafka;
 
+use std::io::Write;
+use std::path::Path;
+
 use crate::cli::{BenchArgs, BenchWhat};
+
+/// Prints each JSON line on stdout and, with `out`, appends them to that file.
+fn emit(lines: &[String], out: Option<&Path>) -> anyhow::Result<()> {
+    let mut file = match out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => None,
+    };
+    for line in lines {
+        println!("{line}");
+        if let Some(f) = file.as_mut() {
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
