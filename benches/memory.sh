@@ -12,7 +12,8 @@
 # before the watermark); the samples after twice that are the steady state. Prints one JSON line
 # per sample and a summary line: {"name":"memory_steady", "rss_min_mib", "rss_max_mib",
 # "rss_median_mib", "spread" ((max - min) / median), ...}; --out appends the summary to
-# benches/results/memory.jsonl (or FILE). Needs a release build.
+# benches/results/memory.jsonl (or FILE) and writes the samples beside it (memory-samples.jsonl, or
+# FILE's name with -samples). Needs a release build, bc and awk.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,7 +49,7 @@ if [ -n "$postgres" ]; then
     args+=(--postgres "$postgres" --pg-schema "$schema")
 fi
 # Only the arguments configure the run.
-for name in $(env | grep -o '^STREAMPULSE_[A-Z_]*' || true); do unset "$name"; done
+for name in $(env | grep -o '^STREAMPULSE_[A-Z0-9_]*' || true); do unset "$name"; done
 RUST_LOG=warn "$bin" "${args[@]}" >/dev/null 2>"/tmp/memory-$$.log" &
 pid=$!
 cleanup() {
@@ -62,6 +63,11 @@ cleanup() {
 trap cleanup EXIT
 
 steady_after=$(( (retain + 1) * 2 * 60 ))
+sample_file=/dev/null
+if [ -n "$out" ]; then
+    sample_file="${out%.jsonl}-samples.jsonl"
+    : > "$sample_file"
+fi
 samples=()
 start=$(date +%s)
 while :; do
@@ -69,8 +75,9 @@ while :; do
     elapsed=$(( now - start ))
     [ "$elapsed" -gt $(( minutes * 60 )) ] && break
     kill -0 "$pid" 2>/dev/null || { echo "memory: streampulse exited:" >&2; cat "/tmp/memory-$$.log" >&2; exit 1; }
-    rss_kib=$(awk '/^VmRSS/{print $2}' "/proc/$pid/status")
-    printf '{"name":"memory_sample","seconds":%d,"rss_mib":%.1f}\n' "$elapsed" "$(echo "$rss_kib/1024" | bc -l)"
+    rss_kib=$(awk '/^VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    [ -n "$rss_kib" ] || continue # exited just now: the check above reports it
+    printf '{"name":"memory_sample","seconds":%d,"rss_mib":%.1f}\n' "$elapsed" "$(echo "$rss_kib/1024" | bc -l)" | tee -a "$sample_file"
     if [ "$elapsed" -ge "$steady_after" ]; then
         samples+=("$rss_kib")
     fi

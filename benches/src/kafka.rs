@@ -148,10 +148,15 @@ pub fn prepare_topic(bench: &KafkaBench, log: &dyn Fn(String)) -> Result<TopicSh
 pub fn raw_read(bench: &KafkaBench, shape: &TopicShape, decode: bool) -> Result<f64, String> {
     let kafka = config(bench);
     let consumer: BaseConsumer = kafka.consumer().map_err(err)?;
+    // Explicit start offsets, as the pipeline's source assigns them: at Offset::Beginning
+    // librdkafka would first wait ~500 ms to resolve the offset, and the ceiling would look lower.
     let mut assignment = TopicPartitionList::new();
     for &partition in shape.partition_sizes.keys() {
+        let (low, _) = consumer
+            .fetch_watermarks(&bench.topic, partition as i32, Duration::from_secs(10))
+            .map_err(err)?;
         assignment
-            .add_partition_offset(&bench.topic, partition as i32, Offset::Beginning)
+            .add_partition_offset(&bench.topic, partition as i32, Offset::Offset(low))
             .map_err(err)?;
     }
     let decoder = Decoder::new();
@@ -607,8 +612,10 @@ pub fn latency(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // PostgreSQL follows the view by up to the sink's longest commit interval (2 s) plus a
+        // commit: give it 10 s.
         if bench.postgres.is_some() {
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(10));
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let view_seen = view_poll

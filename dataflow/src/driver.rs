@@ -104,7 +104,8 @@ pub fn run_worker(worker: &mut Worker, plan: &Plan, caller: &Caller, source: &mu
                 .iter()
                 .filter_map(|&p| source.record_time(p))
                 .max();
-            let catching_up = newest.is_some_and(|ms| epoch_now() as i64 - ms > CATCH_UP_LAG_MS);
+            let catching_up =
+                newest.is_some_and(|ms| (epoch_now() as i64).saturating_sub(ms) > CATCH_UP_LAG_MS);
             let mut allowed = if catching_up {
                 limits.catch_up_batch_max
             } else {

@@ -248,12 +248,18 @@ impl KafkaSource {
                 // was most of a fresh start's time to its first record. (If retention removes
                 // those records meanwhile, auto.offset.reset=earliest still applies.)
                 (None, None) => {
-                    let (low, _) = consumer.fetch_watermarks(
+                    match consumer.fetch_watermarks(
                         &config.topic,
                         p as i32,
                         Duration::from_secs(10),
-                    )?;
-                    Offset::Offset(low)
+                    ) {
+                        Ok((low, _)) => Offset::Offset(low),
+                        Err(e) => {
+                            // Slower to start, never wrong: librdkafka resolves it itself.
+                            log::warn!("kafka: partition {p}: no low watermark ({e}); starting at the beginning");
+                            Offset::Beginning
+                        }
+                    }
                 }
             };
             assignment.add_partition_offset(&config.topic, p as i32, offset)?;

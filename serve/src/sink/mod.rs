@@ -162,9 +162,10 @@ pub fn run(
             continue;
         };
         let (upto, watermark) = cut;
-        // Batch commits a little: at most every 100 ms unless the stream ended, and never more
-        // often than twice the last commit took, so that a sink catching up writes fewer, larger
-        // (and better consolidated) transactions instead of falling further behind.
+        // Batch commits a little: a commit starts at most every 100 ms unless the stream ended,
+        // and at most every twice the time the last one took (so a commit takes at most half the
+        // sink's time), so that a sink catching up writes fewer, larger (and better consolidated)
+        // transactions instead of falling further behind.
         let interval = (last_took * 2).clamp(COMMIT_EVERY, MAX_COMMIT_EVERY);
         let due = closed || upto.is_none() || last_commit.elapsed() >= interval;
         if !due || committed == Some(cut) {
@@ -173,6 +174,7 @@ pub fn run(
             }
             continue;
         }
+        let started = Instant::now();
         let ready: Vec<Time> = pending
             .keys()
             .copied()
@@ -190,13 +192,12 @@ pub fn run(
             sink.config.retain_ms,
         );
         if !(batch.is_empty() && batch.watermark.is_none()) {
-            let started = Instant::now();
             sink.commit(Arc::new(batch))?;
             last_took = started.elapsed();
         }
         memory.committed = memory.committed.max(watermark);
         committed = Some(cut);
-        last_commit = Instant::now();
+        last_commit = started;
         if closed && pending.is_empty() {
             return Ok(());
         }

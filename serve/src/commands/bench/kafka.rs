@@ -43,15 +43,21 @@ pub fn run(what: BenchWhat) -> anyhow::Result<()> {
         run_args,
         kstreams,
     };
-    let mut lines = Vec::new();
-    if !no_throughput {
-        throughput(&bench, &mut lines)?;
-    }
     if let Some(rate) = latency_rate {
+        // Checked before anything runs, so a bad flag cannot cost the throughput runs.
         anyhow::ensure!(
-            rate > 0.0 && latency_seconds > 0.0,
-            "latency needs a rate and a duration"
+            rate * latency_seconds >= 1.0,
+            "latency needs a rate and a duration that offer at least one event"
         );
+    }
+    if !no_throughput {
+        let mut lines = Vec::new();
+        throughput(&bench, &mut lines)?;
+        // Out before the latency runs, so that a failure there loses none of these.
+        super::emit(&lines, out.as_deref())?;
+    }
+    let mut lines = Vec::new();
+    if let Some(rate) = latency_rate {
         let mut rows = Vec::new();
         for &workers in &bench.workers {
             let results = latency(&bench, workers, rate, latency_seconds, &|msg| {
