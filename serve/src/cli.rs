@@ -416,69 +416,10 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug, Clone)]
 pub enum BenchWhat {
     /// The dataflow alone on generated events, beside a single-pass HashMap baseline.
-    Dataflow {
-        /// Events to generate (materialised in memory before timing).
-        #[arg(long, default_value_t = 2_000_000)]
-        events: u64,
-        /// Worker counts to measure; repeat the flag for several (`-w 1 -w 2`).
-        #[arg(short = 'w', long = "workers", default_values_t = vec![1])]
-        workers: Vec<usize>,
-        /// Runs of each configuration; medians are reported.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Records per input batch (one timely time) per worker.
-        #[arg(long, default_value_t = 100_000)]
-        batch: usize,
-        /// Also append the JSON lines to this file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Dataflow(BenchDataflowArgs),
     /// Kafka end to end: raw consume, raw consume + decode, the pipeline to memory and to
     /// PostgreSQL, on one seeded topic (written once, then reused).
-    Kafka {
-        #[arg(long, env = "STREAMPULSE_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
-        /// The benchmark topic (created and filled when empty).
-        #[arg(long, default_value = "bench-3m")]
-        topic: String,
-        #[arg(long, default_value_t = 3_000_000)]
-        events: u64,
-        #[arg(long, default_value_t = 3)]
-        partitions: u32,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Runs of each measurement; medians are reported.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Worker counts of the pipeline runs; repeat the flag for several.
-        #[arg(short = 'w', long = "workers", default_values_t = vec![1, 2])]
-        workers: Vec<usize>,
-        /// PostgreSQL for the sink runs (without it they are skipped).
-        #[arg(long, env = "STREAMPULSE_POSTGRES", hide_env_values = true)]
-        postgres: Option<String>,
-        /// An extra flag for every `streampulse run`, e.g. `--run-arg=--kafka-option=k=v`.
-        #[arg(long = "run-arg", allow_hyphen_values = true)]
-        run_args: Vec<String>,
-        /// Also measure latency at this offered rate (events/s; about half the sustainable
-        /// maximum is the point): event-to-view and event-to-PostgreSQL percentiles.
-        #[arg(long)]
-        latency_rate: Option<f64>,
-        /// How long the latency load lasts, seconds.
-        #[arg(long, default_value_t = 30.0)]
-        latency_seconds: f64,
-        /// Skip the throughput runs (e.g. to measure latency alone).
-        #[arg(long)]
-        no_throughput: bool,
-        /// Also run the Kafka Streams peer on the topic, with this script
-        /// (benches/kstreams/run.sh; needs Java 17+ and Maven).
-        #[arg(long)]
-        kstreams: Option<PathBuf>,
-        /// Append the JSON lines to this file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Kafka(BenchKafkaArgs),
     /// The HTTP server (its connection policy, `run`'s runtime) answering every request with one
     /// fixed JSON body: the ceiling benches/api-load.sh measures the API against. Serves until
     /// SIGINT or SIGTERM.
@@ -490,4 +431,71 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 2048)]
         body_bytes: usize,
     },
+}
+
+/// The flags of `bench dataflow`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchDataflowArgs {
+    /// Events to generate (materialised in memory before timing).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Worker counts to measure; repeat the flag for several (`-w 1 -w 2`).
+    #[arg(short = 'w', long = "workers", default_values_t = vec![1])]
+    pub workers: Vec<usize>,
+    /// Runs of each configuration; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Records per input batch (one timely time) per worker.
+    #[arg(long, default_value_t = 100_000)]
+    pub batch: usize,
+    /// Also append the JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The flags of `bench kafka`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchKafkaArgs {
+    #[arg(long, env = "STREAMPULSE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The benchmark topic (created and filled when empty).
+    #[arg(long, default_value = "bench-3m")]
+    pub topic: String,
+    #[arg(long, default_value_t = 3_000_000)]
+    pub events: u64,
+    #[arg(long, default_value_t = 3)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Worker counts of the pipeline runs; repeat the flag for several.
+    #[arg(short = 'w', long = "workers", default_values_t = vec![1, 2])]
+    pub workers: Vec<usize>,
+    /// PostgreSQL for the sink runs (without it they are skipped).
+    #[arg(long, env = "STREAMPULSE_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// An extra flag for every `streampulse run`, e.g. `--run-arg=--kafka-option=k=v`.
+    #[arg(long = "run-arg", allow_hyphen_values = true)]
+    pub run_args: Vec<String>,
+    /// Also measure latency at this offered rate (events/s; about half the sustainable
+    /// maximum is the point): event-to-view and event-to-PostgreSQL percentiles.
+    #[arg(long)]
+    pub latency_rate: Option<f64>,
+    /// How long the latency load lasts, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub latency_seconds: f64,
+    /// Skip the throughput runs (e.g. to measure latency alone).
+    #[arg(long)]
+    pub no_throughput: bool,
+    /// Also run the Kafka Streams peer on the topic, with this script
+    /// (benches/kstreams/run.sh; needs Java 17+ and Maven).
+    #[arg(long)]
+    pub kstreams: Option<PathBuf>,
+    /// Append the JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }

@@ -1,27 +1,17 @@
 //! `streampulse bench dataflow`: runs the dataflow harness of the `streampulse-benches` crate and
 //! prints one JSON object per line (and a readable table on stderr).
 
-use std::path::PathBuf;
+use crate::cli::BenchDataflowArgs;
 
-/// The flags of `bench dataflow` (see `cli::BenchWhat::Dataflow`).
-pub struct Options {
-    pub events: u64,
-    pub workers: Vec<usize>,
-    pub runs: usize,
-    pub seed: u64,
-    pub batch: usize,
-    pub out: Option<PathBuf>,
-}
-
-pub fn run(options: Options) -> anyhow::Result<()> {
-    let Options {
+pub fn run(args: BenchDataflowArgs) -> anyhow::Result<()> {
+    let BenchDataflowArgs {
         events,
         workers,
         runs,
         seed,
         batch,
         out,
-    } = options;
+    } = args;
     anyhow::ensure!(
         runs >= 1 && events >= 1,
         "need at least one run and one event"

@@ -4,44 +4,27 @@
 
 use streampulse_benches::kafka::{bench_kafka, latency, KafkaBench};
 
-use crate::cli::BenchWhat;
+use crate::cli::BenchKafkaArgs;
 
-pub fn run(what: BenchWhat) -> anyhow::Result<()> {
-    let BenchWhat::Kafka {
-        brokers,
-        topic,
-        events,
-        partitions,
-        seed,
-        runs,
-        workers,
-        postgres,
-        run_args,
-        latency_rate,
-        latency_seconds,
-        no_throughput,
-        kstreams,
-        out,
-    } = what
-    else {
-        anyhow::bail!("not the Kafka benchmark");
-    };
+pub fn run(args: BenchKafkaArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        runs >= 1 && events >= 1,
+        args.runs >= 1 && args.events >= 1,
         "need at least one run and one event"
     );
+    let (latency_rate, latency_seconds, out) = (args.latency_rate, args.latency_seconds, args.out);
+    let no_throughput = args.no_throughput;
     let bench = KafkaBench {
-        brokers,
-        topic,
-        events,
-        partitions,
-        seed,
-        runs,
-        workers,
-        postgres,
+        brokers: args.brokers,
+        topic: args.topic,
+        events: args.events,
+        partitions: args.partitions,
+        seed: args.seed,
+        runs: args.runs,
+        workers: args.workers,
+        postgres: args.postgres,
         binary: std::env::current_exe()?,
-        run_args,
-        kstreams,
+        run_args: args.run_args,
+        kstreams: args.kstreams,
     };
     if let Some(rate) = latency_rate {
         // Checked before anything runs, so a bad flag cannot cost the throughput runs.

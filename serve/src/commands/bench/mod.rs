@@ -37,22 +37,8 @@ fn emit(lines: &[String], out: Option<&Path>) -> anyhow::Result<()> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
-        what @ BenchWhat::Kafka { .. } => kafka::run(what),
-        BenchWhat::Dataflow {
-            events,
-            workers,
-            runs,
-            seed,
-            batch,
-            out,
-        } => dataflow::run(dataflow::Options {
-            events,
-            workers,
-            runs,
-            seed,
-            batch,
-            out,
-        }),
+        BenchWhat::Kafka(args) => kafka::run(args),
+        BenchWhat::Dataflow(args) => dataflow::run(args),
         BenchWhat::HttpCeiling { http, body_bytes } => ceiling::run(http, body_bytes),
     }
 }
