@@ -32,6 +32,8 @@ use streampulse_ingest::avro::Encoder;
 use streampulse_ingest::kafka::{Format, KafkaConfig, Producer};
 use streampulse_ingest::{Decoder, Generator, Scenario};
 
+use crate::median;
+
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct KafkaBench {
@@ -398,11 +400,6 @@ fn peer(bench: &KafkaBench, script: &PathBuf, grace_ms: u64) -> Result<Sample, S
         rss: None,
         dropped: Some(value["dropped_late"].as_f64().unwrap_or(0.0)),
     })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Runs every measurement `runs` times, interleaved, and returns the medians: raw consume first

@@ -180,7 +180,8 @@ pub fn parallel_baseline_run(
     started.elapsed().as_secs_f64()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// The median (the mean of the two middle values for an even count).
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
     if n % 2 == 1 {
