@@ -8,6 +8,7 @@
 //!   GET /api/stats/trending?minutes&limit
 //!   GET /api/stats/regions?minutes    GET /api/stats/devices?minutes&limit
 //!   GET /metrics   GET /openapi.json   GET /docs   GET / and /assets/*   POST /api/alerts/{id}/ack
+//!   GET /api/episodes?state&limit     POST /api/episodes/{id}/ack
 //! ```
 //!
 //! [`handle`] routes a request, then adds what every response carries: CORS headers
@@ -39,7 +40,7 @@ use streampulse_dataflow::{Counters, Rules, View};
 
 use crate::cli::ApiArgs;
 use crate::http::{ConnectionStats, Limits, RequestBody};
-use crate::store::Database;
+use crate::store::{episodes, Database};
 
 pub use stats::iso8601;
 
@@ -67,6 +68,10 @@ pub struct State {
     /// The HTTP server's connection policy (`http`), and what it counts.
     pub http_limits: Limits,
     pub connections: Arc<ConnectionStats>,
+    /// The notification destinations (names and filters), for acknowledgements that notify.
+    pub routes: Vec<crate::notify::Route>,
+    /// The notifier's counters, when this process delivers notifications.
+    pub notify: Option<Arc<crate::notify::NotifyStats>>,
 }
 
 impl State {
@@ -93,6 +98,8 @@ impl State {
             event_to_view: Arc::default(),
             http_limits: args.http_limits(),
             connections: Arc::default(),
+            routes: Vec::new(),
+            notify: None,
         }
     }
 }
@@ -143,8 +150,10 @@ enum Route {
     Metrics,
     OpenApi,
     Docs,
-    /// The `{id}` segment, not yet checked.
-    Ack(String),
+    /// What is acknowledged, and the `{id}` segment, not yet checked.
+    Ack(ack::Subject, String),
+    /// `GET /api/episodes`.
+    Episodes,
     /// An embedded dashboard file: its metrics label, content type and bytes.
     File(&'static str, &'static str, &'static [u8]),
 }
@@ -162,12 +171,18 @@ impl Route {
             _ => {
                 if let Some(i) = stats::ENDPOINTS.iter().position(|(p, _, _)| *p == path) {
                     Route::Stats(i)
-                } else if let Some(id) = path
-                    .strip_prefix("/api/alerts/")
-                    .and_then(|rest| rest.strip_suffix("/ack"))
-                    .filter(|id| !id.is_empty() && !id.contains('/'))
-                {
-                    Route::Ack(id.to_string())
+                } else if path == "/api/episodes" {
+                    Route::Episodes
+                } else if let Some((subject, id)) = [
+                    ("/api/alerts/", ack::Subject::Alert),
+                    ("/api/episodes/", ack::Subject::Episode),
+                ]
+                .into_iter()
+                .find_map(|(prefix, subject)| {
+                    let id = path.strip_prefix(prefix)?.strip_suffix("/ack")?;
+                    (!id.is_empty() && !id.contains('/')).then(|| (subject, id.to_string()))
+                }) {
+                    Route::Ack(subject, id)
                 } else {
                     let (content_type, body) = crate::assets::get(path)?;
                     let label = match path {
@@ -190,21 +205,23 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::OpenApi => "/openapi.json",
             Route::Docs => "/docs",
-            Route::Ack(_) => "/api/alerts/{id}/ack",
+            Route::Ack(ack::Subject::Alert, _) => "/api/alerts/{id}/ack",
+            Route::Ack(ack::Subject::Episode, _) => "/api/episodes/{id}/ack",
+            Route::Episodes => "/api/episodes",
             Route::File(label, _, _) => label,
         }
     }
 
     fn methods(&self) -> &'static str {
         match self {
-            Route::Ack(_) => WRITE,
+            Route::Ack(..) => WRITE,
             _ => READ,
         }
     }
 
     fn allows(&self, method: &Method) -> bool {
         match self {
-            Route::Ack(_) => method == Method::POST,
+            Route::Ack(..) => method == Method::POST,
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
@@ -318,8 +335,27 @@ async fn respond(
             Some("application/json"),
             openapi::document(),
         ),
-        Route::Ack(id) => {
-            let alert = state.acks.acknowledge(&id, req).await?;
+        Route::Episodes => {
+            let q = query::Query::parse(req.uri().query().unwrap_or(""))?;
+            let filter = match q.get("state").unwrap_or("current") {
+                "current" | "" => episodes::Filter::Current,
+                "open" => episodes::Filter::State("open"),
+                "resolved" => episodes::Filter::State("resolved"),
+                "withdrawn" => episodes::Filter::State("withdrawn"),
+                "all" => episodes::Filter::All,
+                other => return Err(ApiError::bad_parameter(format!(
+                    "state must be one of current, open, resolved, withdrawn, all; got {other:?}"
+                ))),
+            };
+            let limit = q.int("limit", 50, 1, 500)?;
+            let body = state.acks.episodes(filter, limit).await?;
+            cached_for(json_reply(StatusCode::OK, &body), "no-store")
+        }
+        Route::Ack(subject, id) => {
+            let alert = state
+                .acks
+                .acknowledge(subject, &id, req, &state.routes)
+                .await?;
             cached_for(json_reply(StatusCode::OK, &alert), "no-store")
         }
     };

@@ -213,6 +213,54 @@ pub struct RunArgs {
     pub status_interval: u64,
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+}
+
+/// Where alert-episode notifications go (README "Notifications"; needs --postgres: they go through
+/// an outbox table).
+#[derive(Args, Debug, Clone)]
+pub struct NotifyArgs {
+    /// A JSON file of notification destinations (webhook, pagerduty, slack formats; `${VAR}`
+    /// references read secrets from the environment).
+    #[arg(long, env = "STREAMPULSE_NOTIFY_CONFIG", value_name = "FILE")]
+    pub notify_config: Option<std::path::PathBuf>,
+    /// A generic JSON webhook that gets every episode transition (the destination `webhook`).
+    #[arg(long, env = "STREAMPULSE_NOTIFY_WEBHOOK", hide_env_values = true)]
+    pub notify_webhook: Option<Secret>,
+    /// Seconds one delivery may take before it counts as failed.
+    #[arg(long, env = "STREAMPULSE_NOTIFY_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub notify_timeout: Duration,
+    /// Seconds before the first retry of a failed delivery (doubling after each failure).
+    #[arg(long, env = "STREAMPULSE_NOTIFY_RETRY_MIN", default_value = "1", value_parser = seconds)]
+    pub notify_retry_min: Duration,
+    /// Longest wait between retries, in seconds.
+    #[arg(long, env = "STREAMPULSE_NOTIFY_RETRY_MAX", default_value = "300", value_parser = seconds)]
+    pub notify_retry_max: Duration,
+    /// Seconds after its transition that a notification still failing is abandoned.
+    #[arg(long, env = "STREAMPULSE_NOTIFY_GIVE_UP", default_value = "86400", value_parser = seconds)]
+    pub notify_give_up: Duration,
+}
+
+impl NotifyArgs {
+    /// The configured destinations (none without a flag).
+    pub fn destinations(&self) -> anyhow::Result<Vec<crate::notify::Destination>> {
+        crate::notify::config::load(
+            self.notify_config.as_deref(),
+            self.notify_webhook.as_ref().map(|s| s.0.as_str()),
+            &|name| std::env::var(name).ok(),
+        )
+    }
+
+    pub fn settings(&self) -> crate::notify::Settings {
+        crate::notify::Settings {
+            timeout: self.notify_timeout,
+            retry_min: self.notify_retry_min,
+            retry_max: self.notify_retry_max.max(self.notify_retry_min),
+            give_up: self.notify_give_up,
+            ..crate::notify::Settings::default()
+        }
+    }
 }
 
 /// Who may call the HTTP API from a browser, and who may acknowledge alerts.

@@ -13,6 +13,7 @@
 //! - [`sink`] decides what to commit and when, and what a failure means.
 //! - [`store`] connects to PostgreSQL and holds every statement: migrations, the table of truth,
 //!   resume, the sink's writes.
+//! - [`notify`] delivers alert-episode notifications from the outbox the sink fills.
 //! - [`latency`] holds the latency histograms `/metrics` shows.
 //! - [`health`] is what `/health` reports of the outside dependencies; [`shutdown`] is the one
 //!   shared shutdown (signals, fatal errors, the deadline).
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod health;
 pub mod http;
 pub mod latency;
+pub mod notify;
 pub mod shutdown;
 pub mod sink;
 pub mod store;

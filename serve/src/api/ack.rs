@@ -1,5 +1,6 @@
-//! Acknowledging alerts: `POST /api/alerts/{id}/ack`, and the set of acknowledged ids that
-//! `/api/stats/alerts?acknowledged=` filters by. Both live in PostgreSQL's `alerts` table.
+//! What the API reads and writes in PostgreSQL: acknowledging alerts (`POST /api/alerts/{id}/ack`)
+//! and episodes (`POST /api/episodes/{id}/ack`), the set of acknowledged ids that
+//! `/api/stats/alerts?acknowledged=` filters by, and the stored episodes (`GET /api/episodes`).
 //!
 //! ```text
 //!   POST /api/alerts/42/ack ─▶ 503 without --postgres or --ack-token
@@ -38,6 +39,8 @@ use super::stats::iso8601;
 use super::ApiError;
 use crate::cli::Secret;
 use crate::http::{BodyTimeout, RequestBody};
+use crate::notify::Route;
+use crate::store::episodes::{self, Episode, Filter, Target};
 use crate::store::{acks, Database};
 
 /// Largest request body accepted.
@@ -132,11 +135,15 @@ impl Acks {
         (known.ids.clone(), known.generation)
     }
 
-    /// `POST /api/alerts/{id}/ack`.
+    /// `POST /api/alerts/{id}/ack` (which also acknowledges the alert's episode) and
+    /// `POST /api/episodes/{id}/ack` (the episode and every alert of it). Acknowledging an open
+    /// episode queues an "acknowledged" notification where its "opened" went.
     pub async fn acknowledge(
         &self,
+        subject: Subject,
         id: &str,
         req: Request<RequestBody>,
+        routes: &[Route],
     ) -> Result<Value, ApiError> {
         let Some(shared) = &self.shared else {
             return Err(unavailable(
@@ -153,7 +160,8 @@ impl Acks {
         }
         let id: i64 = id.parse().ok().filter(|id| *id >= 0).ok_or_else(|| {
             ApiError::bad_parameter(format!(
-                "alert id must be a non-negative integer, got {id:?}"
+                "{} id must be a non-negative integer, got {id:?}",
+                subject.name()
             ))
         })?;
         let Ok(_in_flight) = self.in_flight.try_acquire() else {
@@ -165,33 +173,103 @@ impl Acks {
             .with_header(RETRY_AFTER, HeaderValue::from_static("1")));
         };
         let by = read_by(req.into_body()).await?;
-
-        let row = match shared.acknowledge(id, by.as_deref()).await {
-            Ok(row) => row,
-            Err(DbError::TimedOut) => {
-                return Err(unavailable("the database did not answer in time"))
-            }
-            Err(DbError::Failed(e)) => {
-                log::warn!("acknowledging alert {id}: {e:#}");
-                return Err(unavailable(
-                    "the database could not be reached or refused the update",
-                ));
+        let failed = |e: DbError| match e {
+            DbError::TimedOut => unavailable("the database did not answer in time"),
+            DbError::Failed(e) => {
+                log::warn!("acknowledging {} {id}: {e:#}", subject.name());
+                unavailable("the database could not be reached or refused the update")
             }
         };
-        let Some(alert) = row else {
-            return Err(ApiError::new(
+        let not_found = || {
+            ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no alert with id {id}"),
-            ));
+                format!("no {} with id {id}", subject.name()),
+            )
+        };
+        let body = match subject {
+            Subject::Alert => {
+                let mut alert = shared
+                    .acknowledge(id, by.as_deref())
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(not_found)?;
+                // Its episode too (none yet if the sink has not stored it: null).
+                let episode = shared
+                    .acknowledge_episode(Target::Alert(id), by.as_deref(), routes)
+                    .await
+                    .map_err(failed)?;
+                alert["episode"] = serde_json::to_value(episode).unwrap_or(Value::Null);
+                alert
+            }
+            Subject::Episode => {
+                let episode = shared
+                    .acknowledge_episode(Target::Episode(id), by.as_deref(), routes)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(not_found)?;
+                serde_json::to_value(episode).unwrap_or(Value::Null)
+            }
         };
         self.total.fetch_add(1, Ordering::Relaxed);
         let mut known = shared.known.lock().expect("acks lock");
-        if !known.ids.contains(&id) {
-            Arc::make_mut(&mut known.ids).insert(id);
-            known.generation += 1;
+        match subject {
+            Subject::Alert if !known.ids.contains(&id) => {
+                Arc::make_mut(&mut known.ids).insert(id);
+                known.generation += 1;
+            }
+            Subject::Alert => {}
+            // Its alerts were acknowledged with it: read the ids again on the next list.
+            Subject::Episode => {
+                known.fetched = None;
+                known.generation += 1;
+            }
         }
-        Ok(alert)
+        Ok(body)
+    }
+
+    /// `GET /api/episodes?state=&limit=`: the newest episodes with their notifications.
+    pub async fn episodes(&self, filter: Filter, limit: i64) -> Result<Value, ApiError> {
+        let Some(shared) = &self.shared else {
+            return Err(unavailable(
+                "episodes are stored in PostgreSQL (start with --postgres)",
+            ));
+        };
+        let list = shared
+            .with_client(|c| async move { episodes::list(&c, filter, limit).await })
+            .await
+            .map_err(|e| match e {
+                DbError::TimedOut => unavailable("the database did not answer in time"),
+                DbError::Failed(e) => {
+                    log::warn!("listing episodes: {e:#}");
+                    unavailable("the database could not be reached")
+                }
+            })?;
+        let episodes: Vec<Value> = list
+            .into_iter()
+            .map(|(episode, notifications)| {
+                let mut value = serde_json::to_value(episode).unwrap_or(Value::Null);
+                value["notifications"] = serde_json::to_value(notifications).unwrap_or_default();
+                value
+            })
+            .collect();
+        Ok(json!({ "count": episodes.len(), "episodes": episodes }))
+    }
+}
+
+/// What a `POST …/ack` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Alert,
+    Episode,
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Alert => "alert",
+            Subject::Episode => "episode",
+        }
     }
 }
 
@@ -279,6 +357,25 @@ impl Shared {
         }
         // A failure also waits for the next refresh, so a down database is not asked on every poll.
         known.fetched = Some(Instant::now());
+    }
+
+    /// Acknowledges an episode in a transaction of its own, on a connection of its own (the shared
+    /// session pipelines other requests' queries, which must not land inside the transaction).
+    async fn acknowledge_episode(
+        &self,
+        target: Target,
+        by: Option<&str>,
+        routes: &[Route],
+    ) -> Result<Option<Episode>, DbError> {
+        let attempt = async {
+            let mut client = self.db.connect_async().await?;
+            Ok::<_, anyhow::Error>(episodes::acknowledge(&mut client, target, by, routes).await?)
+        };
+        match tokio::time::timeout(DB_TIMEOUT, attempt).await {
+            Ok(Ok(episode)) => Ok(episode),
+            Ok(Err(e)) => Err(DbError::Failed(e)),
+            Err(_) => Err(DbError::TimedOut),
+        }
     }
 
     async fn acknowledge(&self, id: i64, by: Option<&str>) -> Result<Option<Value>, DbError> {

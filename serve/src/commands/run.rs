@@ -53,6 +53,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(url) => Some(Database::new(url, &args.postgres.pg_schema)?),
         None => None,
     };
+    let destinations = args.notify.destinations()?;
+    anyhow::ensure!(
+        destinations.is_empty() || db.is_some(),
+        "notifications need --postgres: they are delivered from an outbox table"
+    );
+    for d in &destinations {
+        log::info!("notifications: {d:?}");
+    }
+    let routes: Vec<_> = destinations.iter().map(|d| d.route.clone()).collect();
     let kafka = match args.source {
         SourceKind::Kafka => {
             anyhow::ensure!(
@@ -87,6 +96,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.api,
         db.clone(),
     );
+    let notify_stats = Arc::new(crate::notify::NotifyStats::new(&destinations));
+    let notifies = serves && db.is_some() && !destinations.is_empty();
+    state.routes = routes.clone();
+    state.notify = notifies.then(|| notify_stats.clone());
     state.sink = db.as_ref().filter(|_| serves).map(|_| sink_stats.clone());
     state.kafka = kafka_link.clone();
     let event_to_view = state.event_to_view.clone();
@@ -137,6 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             kafka_link: kafka_link.clone(),
             shutdown: shutdown.clone(),
         };
+        let db_for_notify = db.clone();
         let prepared = tokio::task::spawn_blocking(move || start.prepare())
             .await
             .map_err(|_| anyhow::anyhow!("start-up panicked"))?;
@@ -156,6 +170,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     high_watermarks,
                     event_to_view,
                     shutdown: shutdown.clone(),
+                    routes,
                 },
             )?),
             Ok(None) => None, // shut down before the services answered
@@ -164,6 +179,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 None
             }
         };
+
+        if let (Some(db), true, Some(_)) = (db_for_notify, notifies, &threads) {
+            // After start-up migrated the tables; stops with the shutdown (an undelivered
+            // notification stays in the outbox for the next start).
+            let stop = shutdown.clone();
+            tokio::spawn(crate::notify::run(
+                db,
+                destinations,
+                args.notify.settings(),
+                notify_stats,
+                async move { stop.requested().await },
+            ));
+        }
 
         shutdown.requested().await;
         status.abort();
@@ -307,6 +335,8 @@ struct Components {
     high_watermarks: Option<Arc<std::sync::Mutex<BTreeMap<u32, i64>>>>,
     event_to_view: Arc<Histogram>,
     shutdown: Arc<Shutdown>,
+    /// The notification destinations, for the sink's outbox.
+    routes: Vec<crate::notify::Route>,
 }
 
 /// The running pipeline's threads, joined in data order at shutdown.
@@ -333,6 +363,7 @@ fn start_threads(
         high_watermarks,
         event_to_view,
         shutdown,
+        routes,
     } = parts;
     let Prepared {
         partitions,
@@ -355,6 +386,7 @@ fn start_threads(
                 retain_ms: config.retain_ms,
                 rules: config.rules.clone(),
                 stored_watermark: resume.watermark_ms,
+                routes,
             };
             let (db, sink_rx, stats, shutdown) = (
                 db.clone(),

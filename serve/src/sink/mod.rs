@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!   Update { changes, frontier } ──▶ buffer by time ──(frontier passes t)──▶ batch::consolidate
-//!       ──▶ one transaction: store::sink::write_batch (rows) + write_progress (Kafka offsets,
-//!           watermark, is_final, revisions) ──COMMIT
+//!       ──▶ one transaction: store::sink::write_batch (rows) + store::episodes::maintain (alert
+//!           episodes, notification outbox) + write_progress (Kafka offsets, watermark, is_final,
+//!           revisions) ──COMMIT
 //! ```
 //!
 //! Exactly once: a transaction holds all changes of completed epochs together with the Kafka
@@ -26,6 +27,7 @@
 //! read again on the next start).
 
 pub mod batch;
+pub mod episodes;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,6 +301,7 @@ fn write_whole(client: &mut Client, config: &SinkConfig, batch: &Batch) -> anyho
         return Ok(());
     }
     store::sink::write_batch(&mut tx, config, batch)?;
+    store::episodes::maintain(&mut tx, config, batch)?;
     store::sink::write_progress(&mut tx, config, batch)?;
     tx.commit()?;
     Ok(())
@@ -328,6 +331,7 @@ fn write_isolating(client: &mut Client, config: &SinkConfig, batch: &Batch) -> a
         log::error!("sink: {reason}; row {row} stored in dead_letters (partition -1)");
         store::sink::write_refused(&mut tx, config, row, reason)?;
     }
+    store::episodes::maintain(&mut tx, config, batch)?;
     store::sink::write_progress(&mut tx, config, &batch.progress())?;
     tx.commit()?;
     Ok(refused.len() as u64)

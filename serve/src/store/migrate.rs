@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "004_revisions",
         include_str!("../../../sql/004_revisions.sql"),
     ),
+    (
+        5,
+        "005_episodes_and_notifications",
+        include_str!("../../../sql/005_episodes_and_notifications.sql"),
+    ),
 ];
 
 /// A schema name we are willing to splice into SQL (identifiers cannot be bound as parameters).

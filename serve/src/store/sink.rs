@@ -28,6 +28,8 @@ pub struct SinkConfig {
     pub rules: streampulse_dataflow::Rules,
     /// The watermark stored by an earlier run: windows ending at or before it were reported final.
     pub stored_watermark: Option<i64>,
+    /// The notification destinations (names and filters only), for the outbox.
+    pub routes: Vec<crate::notify::Route>,
 }
 
 /// Column arrays of a stat table's rows, in the order the upsert statements bind them.

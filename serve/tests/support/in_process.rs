@@ -99,6 +99,7 @@ impl InProcess {
                 retain_ms: config.retain_ms,
                 rules: config.rules.clone(),
                 stored_watermark: None,
+                routes: Vec::new(),
             };
             let (stats, shutdown) = (sink_stats.clone(), shutdown.clone());
             threads.push(std::thread::spawn(move || {
