@@ -13,6 +13,10 @@
 --   withdrawn  every alert of the run disappeared while their windows were still open (counts changed
 --              before the windows closed); a "resolved" notification closes what "opened" announced
 --
+-- confirmed: the first window of the run is final, so the episode can no longer be withdrawn.
+-- Destinations are told "opened" when it is confirmed (or at once, for a destination configured with
+-- "when": "provisional"), so by default a provisional alert that vanishes pages nobody.
+--
 -- Once resolved or withdrawn an episode does not change again (is_final). For the final windows of a
 -- topic, the resolved episodes are the runs of the final alerts: a pure function of the topic.
 CREATE TABLE IF NOT EXISTS episodes (
@@ -29,6 +33,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     peak_value      double precision NOT NULL,  -- the most extreme value: lowest speed, highest rate
     message         text             NOT NULL,  -- the message of the peak window's alert
     state           text             NOT NULL DEFAULT 'open',
+    confirmed       boolean          NOT NULL DEFAULT false,  -- its first window is final
     is_final        boolean          NOT NULL DEFAULT false,
     opened_at       timestamptz      NOT NULL DEFAULT now(),
     closed_at       timestamptz,                -- when it was resolved or withdrawn

@@ -313,7 +313,7 @@ async fn respond(
                 database: state.sink.as_ref().map(|s| &s.database),
                 kafka: state.kafka.as_deref(),
             };
-            let body = {
+            let mut body = {
                 let view = state.view.read().expect("view lock");
                 stats::health(
                     &view,
@@ -322,6 +322,9 @@ async fn respond(
                     &links,
                 )
             };
+            if let Some(notify) = &state.notify {
+                notifications_health(notify, &mut body);
+            }
             json_reply(StatusCode::OK, &body)
         }
         Route::Stats(i) => stats_reply(state, i, req.uri().query().unwrap_or("")).await?,
@@ -343,9 +346,11 @@ async fn respond(
                 "resolved" => episodes::Filter::State("resolved"),
                 "withdrawn" => episodes::Filter::State("withdrawn"),
                 "all" => episodes::Filter::All,
-                other => return Err(ApiError::bad_parameter(format!(
+                other => {
+                    return Err(ApiError::bad_parameter(format!(
                     "state must be one of current, open, resolved, withdrawn, all; got {other:?}"
-                ))),
+                )))
+                }
             };
             let limit = q.int("limit", 50, 1, 500)?;
             let body = state.acks.episodes(filter, limit).await?;
@@ -360,6 +365,49 @@ async fn respond(
         }
     };
     Ok(reply)
+}
+
+/// Adds the notifier's state to `/health`: a notification that keeps failing (or was abandoned)
+/// makes the status "degraded", with the destination and the reason (never its URL) in `problems`.
+fn notifications_health(notify: &crate::notify::NotifyStats, body: &mut Value) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let [delivered, failed, abandoned] = notify.totals();
+    let retrying = notify.retrying.load(Relaxed);
+    let last_error = notify.last_error.lock().expect("notify stats lock").clone();
+    let mut problems = Vec::new();
+    if retrying > 0 {
+        let (destination, error) = last_error.clone().unwrap_or_default();
+        problems.push(format!(
+            "notifications: {retrying} failing and being retried (last: {destination}: {error})"
+        ));
+    }
+    if abandoned > 0 {
+        problems.push(format!(
+            "notifications: {abandoned} abandoned after failing past the give-up age"
+        ));
+    }
+    if notify.database.state() == crate::health::LinkState::Unreachable {
+        problems.push(format!(
+            "notifications: the outbox cannot be read ({})",
+            notify.database.error().unwrap_or_default()
+        ));
+    }
+    body["notifications"] = json!({
+        "destinations": notify.destinations,
+        "pending": notify.pending.load(Relaxed),
+        "retrying": retrying,
+        "oldest_pending_seconds": notify.oldest_pending_ms.load(Relaxed) as f64 / 1000.0,
+        "delivered": delivered,
+        "failed_attempts": failed,
+        "abandoned": abandoned,
+        "last_error": last_error.map(|(d, e)| json!({"destination": d, "error": e})),
+    });
+    if !problems.is_empty() {
+        body["status"] = json!("degraded");
+        if let Some(list) = body["problems"].as_array_mut() {
+            list.extend(problems.into_iter().map(Value::from));
+        }
+    }
 }
 
 /// A stats endpoint's answer: from the cache when the view has not changed since it was computed,

@@ -233,6 +233,47 @@ pub fn render(state: &State) -> String {
             "Age of the newest record of each committed batch at its commit (from its Kafka timestamp).",
         );
     }
+    if let Some(notify) = &state.notify {
+        let outcomes = notify.outcomes.lock().expect("notify stats lock").clone();
+        let mut samples = Vec::new();
+        for name in &notify.destinations {
+            let counts = outcomes.get(name).copied().unwrap_or_default();
+            for (outcome, count) in ["delivered", "failed", "abandoned"].iter().zip(counts) {
+                samples.push((
+                    format!("{{destination=\"{}\",outcome=\"{outcome}\"}}", label(name)),
+                    count,
+                ));
+            }
+        }
+        family(
+            &mut out,
+            "streampulse_notifications_total",
+            "counter",
+            "Notification attempts by destination and outcome (failed: will be retried; abandoned: given up).",
+            samples,
+        );
+        family(
+            &mut out,
+            "streampulse_notifications_pending",
+            "gauge",
+            "Notifications in the outbox not yet delivered.",
+            one(notify.pending.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "streampulse_notifications_retrying",
+            "gauge",
+            "Pending notifications that have failed at least once.",
+            one(notify.retrying.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "streampulse_notifications_oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest undelivered notification.",
+            one(notify.oldest_pending_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        );
+    }
     if let Some(highs) = &state.high_watermarks {
         let positions = state.view.read().expect("view lock").positions().clone();
         let highs = highs.lock().expect("lag lock").clone();

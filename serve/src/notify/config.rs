@@ -6,7 +6,8 @@
 //!   { "name": "ops", "format": "webhook", "url": "https://hooks.example.com/streampulse",
 //!     "headers": { "Authorization": "Bearer ${OPS_TOKEN}" }, "min_severity": "WARNING" },
 //!   { "name": "pager", "format": "pagerduty", "routing_key": "${PD_ROUTING_KEY}",
-//!     "min_severity": "CRITICAL", "events": ["opened", "acknowledged", "resolved"] },
+//!     "min_severity": "CRITICAL", "events": ["opened", "acknowledged", "resolved"],
+//!     "when": "final" },
 //!   { "name": "chat", "format": "slack", "url": "${SLACK_WEBHOOK_URL}" } ] }
 //! ```
 //!
@@ -66,6 +67,10 @@ pub struct Route {
     /// `CRITICAL`: only critical episodes; `WARNING`: every episode.
     pub min_severity: String,
     pub transitions: Vec<Transition>,
+    /// Whether "opened" goes out as soon as an episode appears (`"when": "provisional"`), rather
+    /// than once its first window is final (the default: an alert of an open window can still
+    /// vanish as more events arrive, and then nobody should have been paged).
+    pub provisional: bool,
 }
 
 impl Route {
@@ -121,6 +126,15 @@ struct Entry {
     routing_key: Option<String>,
     min_severity: Option<String>,
     events: Option<Vec<Transition>>,
+    when: Option<When>,
+}
+
+/// When a destination is told an episode opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum When {
+    Final,
+    Provisional,
 }
 
 /// Reads `--notify-config` (if given) and adds `--notify-webhook` (if given) as the destination
@@ -147,6 +161,7 @@ pub fn load(
             routing_key: None,
             min_severity: None,
             events: None,
+            when: None,
         });
     }
     let mut destinations: Vec<Destination> = Vec::new();
@@ -214,6 +229,7 @@ pub fn load(
                 name,
                 min_severity,
                 transitions,
+                provisional: entry.when == Some(When::Provisional),
             },
             format: entry.format,
             url,
@@ -275,7 +291,7 @@ mod tests {
                 {"name": "ops", "format": "webhook", "url": "http://127.0.0.1:9/x?k=${TOKEN}",
                  "headers": {"Authorization": "Bearer ${TOKEN}"}},
                 {"name": "pd", "format": "pagerduty", "routing_key": "${TOKEN}",
-                 "min_severity": "CRITICAL", "events": ["resolved", "opened"]},
+                 "min_severity": "CRITICAL", "events": ["resolved", "opened"], "when": "provisional"},
                 {"name": "chat", "format": "slack", "url": "https://hooks.example.com/T/B/X"}]}"#,
         )
         .unwrap();
@@ -293,6 +309,7 @@ mod tests {
             vec![Transition::Opened, Transition::Resolved]
         );
         assert!(d[1].route.wants("CRITICAL") && !d[1].route.wants("WARNING"));
+        assert!(d[1].route.provisional && !d[0].route.provisional);
         assert!(d[0].route.wants("WARNING"));
         assert_eq!(d[3].route.name, "webhook");
         // Debug output shows no secret.

@@ -116,6 +116,7 @@ mod tests {
                 name: "d".into(),
                 min_severity: "WARNING".into(),
                 transitions: Transition::ALL.to_vec(),
+                provisional: false,
             },
             format,
             url: "http://127.0.0.1:1/".into(),

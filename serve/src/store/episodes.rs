@@ -6,7 +6,8 @@
 //! ```text
 //!   batch's alert changes ─▶ per (rule, region): alerts after its last resolved episode ─▶ runs
 //!        ─▶ sink::episodes::reconcile with the open episodes ─▶ UPDATE / INSERT / withdraw
-//!   batch's watermark ─▶ open episodes whose next window is final ─▶ resolved
+//!   batch's watermark ─▶ open episodes whose first window is final ─▶ confirmed
+//!                     ─▶ open episodes whose next window is final ─▶ resolved
 //!   every transition ─▶ notify_sql: one outbox row per destination that wants it
 //! ```
 
@@ -32,6 +33,8 @@ pub struct Episode {
     pub region: String,
     pub severity: String,
     pub state: String,
+    /// Its first window is final: it can no longer be withdrawn.
+    pub confirmed: bool,
     pub metric_name: String,
     pub peak_value: f64,
     pub threshold_value: f64,
@@ -54,7 +57,7 @@ const COLUMNS: &str = "id, alert_type, region, severity, state, metric_name, pea
     (extract(epoch FROM last_window) * 1000)::bigint, (extract(epoch FROM episode_end) * 1000)::bigint,
     windows, message, is_final, (extract(epoch FROM opened_at) * 1000)::bigint,
     (extract(epoch FROM closed_at) * 1000)::bigint, acknowledged,
-    (extract(epoch FROM acknowledged_at) * 1000)::bigint, acknowledged_by";
+    (extract(epoch FROM acknowledged_at) * 1000)::bigint, acknowledged_by, confirmed";
 
 fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms}ms"), |t| t.to_string())
@@ -82,6 +85,7 @@ impl Episode {
             acknowledged: row.get(16),
             acknowledged_at: row.get::<_, Option<i64>>(17).map(rfc3339),
             acknowledged_by: row.get(18),
+            confirmed: row.get(19),
         }
     }
 }
@@ -139,14 +143,16 @@ impl Notice {
 
 /// The parameters of [`NOTIFY_SQL`] for `episode`'s `transition`, or `None` when no destination
 /// wants it. An "opened" goes to destinations whose severity filter the episode passes (an
-/// escalation to CRITICAL opens it for CRITICAL-only destinations); "acknowledged" and "resolved" go
-/// where "opened" went (or, for a destination that does not take "opened", by severity).
+/// escalation to CRITICAL opens it for CRITICAL-only destinations), once the episode is confirmed
+/// unless the destination takes provisional ones; "acknowledged" and "resolved" go where "opened"
+/// went (or, for a destination that does not take "opened", by severity).
 fn notify_params(routes: &[Route], episode: &Episode, transition: Transition) -> Option<Notice> {
     let mut names = Vec::new();
     let mut after_opened = Vec::new();
     for route in routes.iter().filter(|r| r.subscribes(transition)) {
         let needs_opened = transition != Transition::Opened && route.subscribes(Transition::Opened);
-        if needs_opened || route.wants(&episode.severity) {
+        let ready = route.provisional || episode.confirmed || transition != Transition::Opened;
+        if needs_opened || (ready && route.wants(&episode.severity)) {
             names.push(route.name.clone());
             after_opened.push(needs_opened);
         }
@@ -197,7 +203,33 @@ pub fn maintain(
             .with_context(|| format!("maintaining the episodes of {} in {region}", rule.name()))?;
     }
     if let Some(watermark) = batch.watermark {
+        confirm_passed(tx, config, watermark)?;
         resolve_passed(tx, config, watermark)?;
+    }
+    Ok(())
+}
+
+/// Confirms the open episodes whose first window is final, and tells the destinations that wait
+/// for that.
+fn confirm_passed(
+    tx: &mut Transaction<'_>,
+    config: &SinkConfig,
+    watermark: i64,
+) -> anyhow::Result<()> {
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE episodes SET confirmed = true, updated_at = now()
+                 WHERE state = 'open' AND NOT confirmed
+                   AND first_window + make_interval(secs => $2::float8 / 1000)
+                       <= to_timestamp($1::float8 / 1000)
+                 RETURNING {COLUMNS}"
+            ),
+            &[&(watermark as f64), &(config.window_ms as f64)],
+        )
+        .context("confirming episodes the watermark has passed")?;
+    for row in rows {
+        notify(tx, &config.routes, &Episode::of(&row), Transition::Opened)?;
     }
     Ok(())
 }
