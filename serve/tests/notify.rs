@@ -37,22 +37,36 @@ struct Receiver {
 
 impl Receiver {
     fn start(seed: u64) -> Receiver {
+        Receiver::start_with(Some(seed))
+    }
+
+    /// With a seed, misbehaves at random; without, accepts everything.
+    fn start_with(seed: Option<u64>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let receipts: Arc<Mutex<Vec<Receipt>>> = Arc::default();
         let shared = receipts.clone();
         std::thread::spawn(move || {
-            let mut rng = seed;
+            let mut rng = seed.unwrap_or(0);
             for stream in listener.incoming().map_while(Result::ok) {
                 rng = rng
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let roll = (rng >> 33) % 100;
+                let roll = if seed.is_some() {
+                    (rng >> 33) % 100
+                } else {
+                    99
+                };
                 let receipts = shared.clone();
                 std::thread::spawn(move || serve(stream, roll, &receipts));
             }
         });
         Receiver { port, receipts }
+    }
+
+    /// A receiver that accepts every request at once.
+    fn reliable() -> Receiver {
+        Receiver::start_with(None)
     }
 
     fn receipts(&self) -> Vec<Receipt> {
@@ -118,7 +132,9 @@ fn serve(stream: TcpStream, mut roll: u64, receipts: &Mutex<Vec<Receipt>>) {
         if stream.write_all(answer.as_bytes()).is_err() {
             return;
         }
-        roll = (roll * 37 + 11) % 100;
+        if roll != 99 {
+            roll = (roll * 37 + 11) % 100;
+        }
     }
 }
 
@@ -424,4 +440,233 @@ fn pending(schema: &str) -> i64 {
     )
     .map(|r| r.get(0))
     .unwrap_or(0)
+}
+
+/// Two destinations from a config file (a provisional webhook with a secret header, a CRITICAL-only
+/// PagerDuty one), the episodes API, and acknowledgement: it notifies where "opened" went, once,
+/// with PagerDuty's dedup_key of the trigger; no secret reaches the log.
+#[test]
+fn episodes_api_acknowledgement_and_formats() {
+    let topic = flapping_topic(8, 3);
+    let ops = Receiver::reliable();
+    let pager = Receiver::reliable();
+    let secret = format!("s3cret-{}", std::process::id());
+    // The child inherits the variable; the config file names it, never the value.
+    std::env::set_var("SP_TEST_NOTIFY_SECRET", &secret);
+    let config = std::env::temp_dir().join(format!("{}.json", unique("notify")));
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"destinations": [
+                {{"name": "ops", "format": "webhook", "when": "provisional",
+                  "url": "http://127.0.0.1:{}/hook?token=${{SP_TEST_NOTIFY_SECRET}}",
+                  "headers": {{"Authorization": "Bearer ${{SP_TEST_NOTIFY_SECRET}}"}}}},
+                {{"name": "pager", "format": "pagerduty", "url": "http://127.0.0.1:{}/v2/enqueue",
+                  "routing_key": "${{SP_TEST_NOTIFY_SECRET}}", "min_severity": "CRITICAL"}}]}}"#,
+            ops.port, pager.port
+        ),
+    )
+    .unwrap();
+    let schema = Schema::new("episodes_api");
+    let config_flag = config.display().to_string();
+    let mut run = Pipeline::start_with(
+        &postgres_url(),
+        &topic,
+        &schema.0,
+        "2",
+        &["--notify-config", &config_flag, "--ack-token", "tok"],
+    );
+    wait_caught_up(&schema.0, &topic, &mut [&mut run], Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pending(&schema.0) > 0 {
+        assert!(Instant::now() < deadline, "{}", run.log_tail(30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let api = run.api();
+
+    // The list matches the table, with each episode's notifications.
+    let all = request(api, "GET", "/api/episodes?state=all&limit=500", &[], b"").unwrap();
+    assert_eq!(all.status, 200);
+    let all = all.json();
+    let mut client = pg();
+    let stored: i64 = query(
+        &mut client,
+        &format!("SELECT count(*) FROM {}.episodes", schema.0),
+    )[0]
+    .get(0);
+    assert_eq!(all["count"].as_i64(), Some(stored));
+    assert!(stored > 0);
+    let list = all["episodes"].as_array().unwrap();
+    let withdrawn = list.iter().filter(|e| e["state"] == "withdrawn").count();
+    for e in list {
+        let notified: BTreeSet<(String, String)> = e["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                assert_eq!(n["state"], "delivered", "{n}");
+                (
+                    n["destination"].as_str().unwrap().to_string(),
+                    n["transition"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        // The provisional webhook heard of every episode, withdrawn ones included.
+        assert!(notified.contains(&("ops".into(), "opened".into())), "{e}");
+        if e["state"] != "open" {
+            assert!(notified.contains(&("ops".into(), "resolved".into())), "{e}");
+        }
+        // PagerDuty: CRITICAL and confirmed only.
+        let paged = notified.contains(&("pager".into(), "opened".into()));
+        assert_eq!(
+            paged,
+            e["severity"] == "CRITICAL" && e["confirmed"] == true,
+            "{e}"
+        );
+    }
+    let current = request(api, "GET", "/api/episodes", &[], b"")
+        .unwrap()
+        .json();
+    assert!(current["episodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["state"] != "withdrawn"));
+    request(api, "GET", "/api/episodes?state=maybe", &[], b"")
+        .unwrap()
+        .assert_error(400, "bad_parameter");
+    request(api, "GET", "/api/episodes?limit=0", &[], b"")
+        .unwrap()
+        .assert_error(400, "bad_parameter");
+
+    // Acknowledge an open, confirmed, critical episode: "acknowledged" where "opened" went, once.
+    let open = list
+        .iter()
+        .find(|e| e["state"] == "open" && e["confirmed"] == true && e["severity"] == "CRITICAL")
+        .unwrap_or_else(|| panic!("an open critical episode among {list:?}"));
+    let id = open["id"].as_i64().unwrap();
+    let path = format!("/api/episodes/{id}/ack");
+    request(api, "POST", &path, &[], b"")
+        .unwrap()
+        .assert_error(401, "unauthorized");
+    for _ in 0..2 {
+        let acked = request(
+            api,
+            "POST",
+            &path,
+            &[("Authorization", "Bearer tok")],
+            br#"{"by": "alice"}"#,
+        )
+        .unwrap();
+        assert_eq!(acked.status, 200, "{}", acked.text());
+        let acked = acked.json();
+        assert_eq!(acked["acknowledged"], true);
+        assert_eq!(acked["acknowledged_by"], "alice");
+    }
+    request(
+        api,
+        "POST",
+        "/api/episodes/999/ack",
+        &[("Authorization", "Bearer tok")],
+        b"",
+    )
+    .unwrap()
+    .assert_error(404, "not_found");
+    let key = format!("streampulse-episode-{id}-acknowledged");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(ops.receipts().iter().any(|r| r.key == key)
+        && pager.receipts().iter().any(|r| r.key == key))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledgement was not delivered\n{}",
+            run.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ops.receipts().iter().filter(|r| r.key == key).count(),
+        1,
+        "acknowledged once"
+    );
+    let pd: Vec<Value> = pager
+        .receipts()
+        .iter()
+        .filter(|r| r.body["dedup_key"] == format!("streampulse-episode-{id}"))
+        .map(|r| r.body.clone())
+        .collect();
+    let actions: Vec<&str> = pd
+        .iter()
+        .map(|b| b["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["trigger", "acknowledge"],
+        "PagerDuty events of episode {id}"
+    );
+    assert_eq!(pd[0]["routing_key"], secret.as_str());
+    assert_eq!(pd[0]["payload"]["severity"], "critical");
+    // Every alert of the episode is acknowledged with it.
+    let unacked: i64 = query(&mut client, &format!(
+        "SELECT count(*) FROM {s}.alerts a JOIN {s}.episodes e ON a.alert_type = e.alert_type AND a.region = e.region
+           AND a.window_start BETWEEN e.first_window AND e.last_window WHERE e.id = {id} AND NOT a.acknowledged",
+        s = schema.0
+    ))[0].get(0);
+    assert_eq!(unacked, 0);
+
+    // Acknowledging an alert acknowledges its episode.
+    let other = list
+        .iter()
+        .find(|e| e["state"] == "open" && e["id"] != open["id"])
+        .map(|e| {
+            (
+                e["alert_type"].as_str().unwrap().to_string(),
+                e["region"].as_str().unwrap().to_string(),
+                e["id"].as_i64().unwrap(),
+            )
+        });
+    if let Some((rule, region, episode)) = other {
+        let alert: i64 = query(&mut client, &format!(
+            "SELECT a.id FROM {s}.alerts a JOIN {s}.episodes e ON a.alert_type = e.alert_type AND a.region = e.region
+               AND a.window_start BETWEEN e.first_window AND e.last_window WHERE e.id = {episode} LIMIT 1",
+            s = schema.0
+        ))[0].get(0);
+        let acked = request(
+            api,
+            "POST",
+            &format!("/api/alerts/{alert}/ack"),
+            &[("Authorization", "Bearer tok")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(acked.status, 200, "{}", acked.text());
+        let acked = acked.json();
+        assert_eq!(
+            acked["episode"]["id"].as_i64(),
+            Some(episode),
+            "{rule} {region}: {acked}"
+        );
+        assert_eq!(acked["episode"]["acknowledged"], true);
+    }
+
+    // The receivers saw the secret (header, query, routing key); the log and the API never do.
+    assert!(ops
+        .receipts()
+        .iter()
+        .all(|r| r.body.get("routing_key").is_none()));
+    let text = run.log();
+    assert!(!text.contains(&secret), "a secret reached the log");
+    let health = run.health().unwrap().to_string();
+    let metrics = http_get(api, "/metrics").unwrap().1;
+    assert!(!health.contains(&secret) && !metrics.contains(&secret));
+    assert!(metrics
+        .contains("streampulse_notifications_total{destination=\"pager\",outcome=\"delivered\"}"));
+    eprintln!(
+        "{stored} episodes ({withdrawn} withdrawn); ops got {}, pager {}",
+        ops.receipts().len(),
+        pager.receipts().len()
+    );
+    run.kill();
+    std::fs::remove_file(config).ok();
 }
