@@ -450,6 +450,10 @@ fn check_parameter_bounds(server: &Server, doc: &Value) {
     // Every integer parameter the document bounds: its bounds are accepted, one past them is not.
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
+        // Answered from PostgreSQL, which this server does not have (tests/notify.rs checks it).
+        if item["get"]["x-streampulse-needs-postgres"] == true {
+            continue;
+        }
         for parameter in item["get"]["parameters"].as_array().into_iter().flatten() {
             let schema = &parameter["schema"];
             if schema["type"] != "integer" {
@@ -597,6 +601,8 @@ fn check_openapi(server: &Server) -> Value {
         "/docs",
         "/",
         "/api/alerts/{id}/ack",
+        "/api/episodes",
+        "/api/episodes/{id}/ack",
     ]);
     for route in &routes {
         assert!(
