@@ -94,3 +94,18 @@ COMMENT ON TABLE episodes IS
     'alert episodes: runs of consecutive windows in which a rule fired for a region, maintained by the sink with the alerts; state open, resolved or withdrawn';
 COMMENT ON TABLE notification_outbox IS
     'notifications of episode transitions, one row per destination, written in the transaction that made the transition and delivered at least once with a stable idempotency_key';
+
+-- A database that already holds alerts: their runs become resolved, confirmed episodes, without
+-- notifications, so that upgrading does not announce history (the sink starts new episodes after
+-- them). Ids are derived from the natural key (later episodes use the app's own ids); `message` is the
+-- first window's.
+INSERT INTO episodes (id, alert_type, region, severity, metric_name, threshold_value, first_window,
+                      last_window, episode_end, windows, peak_value, message, state, confirmed,
+                      is_final, closed_at)
+SELECT ('x' || substr(md5(v.alert_type || '|' || v.region || '|' || v.first_window::text), 1, 13))::bit(52)::bigint,
+       v.alert_type, v.region, v.severity, v.metric_name, a.threshold_value, v.first_window,
+       v.last_window, v.episode_end, v.windows, v.worst_metric_value, a.message, 'resolved', true,
+       true, now()
+FROM alert_episodes AS v
+JOIN alerts AS a ON a.id = v.alert_ids[1]
+ON CONFLICT (id) DO NOTHING;
