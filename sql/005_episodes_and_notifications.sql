@@ -95,17 +95,26 @@ COMMENT ON TABLE episodes IS
 COMMENT ON TABLE notification_outbox IS
     'notifications of episode transitions, one row per destination, written in the transaction that made the transition and delivered at least once with a stable idempotency_key';
 
--- A database that already holds alerts: their runs become resolved, confirmed episodes, without
--- notifications, so that upgrading does not announce history (the sink starts new episodes after
--- them). Ids are derived from the natural key (later episodes use the app's own ids); `message` is the
--- first window's.
+-- A database that already holds alerts: their runs become episodes without notifications, so that
+-- upgrading announces nothing about them. By the stored watermark (the slowest topic's): a run whose
+-- next window is final is resolved; the others stay open (confirmed if their first window is final)
+-- and carry on as the sink extends them, still unannounced. Ids come from the natural key with the
+-- window start in epoch milliseconds (independent of the session's time zone); later episodes use
+-- the app's own ids. `message` is the first window's.
+WITH mark AS (SELECT min(watermark) AS watermark FROM sink_progress)
 INSERT INTO episodes (id, alert_type, region, severity, metric_name, threshold_value, first_window,
                       last_window, episode_end, windows, peak_value, message, state, confirmed,
                       is_final, closed_at)
-SELECT ('x' || substr(md5(v.alert_type || '|' || v.region || '|' || v.first_window::text), 1, 13))::bit(52)::bigint,
+SELECT ('x' || substr(md5(v.alert_type || '|' || v.region || '|'
+                          || (extract(epoch FROM v.first_window) * 1000)::bigint::text), 1, 13))::bit(52)::bigint,
        v.alert_type, v.region, v.severity, v.metric_name, a.threshold_value, v.first_window,
-       v.last_window, v.episode_end, v.windows, v.worst_metric_value, a.message, 'resolved', true,
-       true, now()
+       v.last_window, v.episode_end, v.windows, v.worst_metric_value, a.message,
+       CASE WHEN resolved THEN 'resolved' ELSE 'open' END,
+       coalesce(v.first_window + (v.episode_end - v.last_window) <= mark.watermark, false),
+       resolved, CASE WHEN resolved THEN now() END
 FROM alert_episodes AS v
 JOIN alerts AS a ON a.id = v.alert_ids[1]
+CROSS JOIN mark
+CROSS JOIN LATERAL (SELECT coalesce(v.episode_end + (v.episode_end - v.last_window) <= mark.watermark,
+                                    false) AS resolved) AS r
 ON CONFLICT (id) DO NOTHING;

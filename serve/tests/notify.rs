@@ -165,7 +165,9 @@ fn flapping_topic(windows: i64, seed: u64) -> String {
     for i in 0..count {
         let mut event = generator.event(i);
         let window = event.timestamp.div_euclid(window_ms);
-        if faulty(&event.user_context.region, window) && i % 3 != 0 {
+        // The last window fails everywhere, so the newest episodes are critical and unconfirmed.
+        let last = window == start / window_ms + windows - 1;
+        if (last || faulty(&event.user_context.region, window)) && i % 3 != 0 {
             event.download.status = "failed".into();
             event.download.error_code = Some("cdn_timeout".into());
             event.download.error_message = Some("CDN timed out".into());
@@ -615,40 +617,78 @@ fn episodes_api_acknowledgement_and_formats() {
     ))[0].get(0);
     assert_eq!(unacked, 0);
 
-    // Acknowledging an alert acknowledges its episode.
-    let other = list
-        .iter()
-        .find(|e| e["state"] == "open" && e["id"] != open["id"])
-        .map(|e| {
-            (
-                e["alert_type"].as_str().unwrap().to_string(),
-                e["region"].as_str().unwrap().to_string(),
-                e["id"].as_i64().unwrap(),
-            )
-        });
-    if let Some((rule, region, episode)) = other {
-        let alert: i64 = query(&mut client, &format!(
-            "SELECT a.id FROM {s}.alerts a JOIN {s}.episodes e ON a.alert_type = e.alert_type AND a.region = e.region
-               AND a.window_start BETWEEN e.first_window AND e.last_window WHERE e.id = {episode} LIMIT 1",
+    // Acknowledging an alert acknowledges its episode, even before the episode is confirmed: the
+    // CRITICAL-only PagerDuty destination then hears "opened" and "acknowledged" once it is.
+    let early = query(
+        &mut client,
+        &format!(
+            "SELECT e.id, a.id, (extract(epoch FROM e.first_window) * 1000)::bigint
+             FROM {s}.episodes e JOIN {s}.alerts a ON a.alert_type = e.alert_type AND a.region = e.region
+               AND a.window_start = e.first_window
+             WHERE e.state = 'open' AND NOT e.confirmed AND e.severity = 'CRITICAL'
+             ORDER BY e.id LIMIT 1",
             s = schema.0
-        ))[0].get(0);
-        let acked = request(
-            api,
-            "POST",
-            &format!("/api/alerts/{alert}/ack"),
-            &[("Authorization", "Bearer tok")],
-            b"",
-        )
-        .unwrap();
-        assert_eq!(acked.status, 200, "{}", acked.text());
-        let acked = acked.json();
-        assert_eq!(
-            acked["episode"]["id"].as_i64(),
-            Some(episode),
-            "{rule} {region}: {acked}"
+        ),
+    );
+    let row = early
+        .first()
+        .expect("an unconfirmed critical episode (the last window fails)");
+    let (episode, alert, first): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let acked = request(
+        api,
+        "POST",
+        &format!("/api/alerts/{alert}/ack"),
+        &[("Authorization", "Bearer tok")],
+        br#"{"by": "bob"}"#,
+    )
+    .unwrap();
+    assert_eq!(acked.status, 200, "{}", acked.text());
+    let acked = acked.json();
+    assert_eq!(acked["acknowledged"], true);
+    assert_eq!(acked["episode"]["id"].as_i64(), Some(episode), "{acked}");
+    assert_eq!(acked["episode"]["acknowledged"], true);
+    assert_eq!(acked["episode"]["confirmed"], false);
+    let key = |t: &str| format!("streampulse-episode-{episode}-{t}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ops.receipts().iter().any(|r| r.key == key("acknowledged")) {
+        assert!(
+            Instant::now() < deadline,
+            "the provisional webhook heard of the acknowledgement"
         );
-        assert_eq!(acked["episode"]["acknowledged"], true);
+        std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        !pager.receipts().iter().any(|r| r.key.starts_with(&key(""))),
+        "not paged before confirmation"
+    );
+    // Events a window later on both partitions move the watermark past the episode's first window.
+    let window_ms = Config::default().window_ms;
+    let generator = Generator::new(9, Scenario::Clean, first + window_ms + 20_000, 1.0);
+    let encoder = Encoder::new();
+    produce(
+        &topic,
+        &[0, 1].map(|p| (p, encoder.encode(&generator.event(p as u64)))),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pager
+        .receipts()
+        .iter()
+        .any(|r| r.key == key("acknowledged"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "PagerDuty was not told after confirmation\n{}",
+            run.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let actions: Vec<String> = pager
+        .receipts()
+        .iter()
+        .filter(|r| r.body["dedup_key"] == format!("streampulse-episode-{episode}"))
+        .map(|r| r.body["event_action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["trigger", "acknowledge"], "after confirmation");
 
     // The receivers saw the secret (header, query, routing key); the log and the API never do.
     assert!(ops

@@ -54,6 +54,8 @@ const REFRESH_WAIT: Duration = Duration::from_secs(1);
 /// Acknowledgements in progress at once (reading a body or waiting for PostgreSQL); more get 429,
 /// so even a token holder cannot tie up the server's connections with slow ones.
 const MAX_IN_FLIGHT: usize = 16;
+/// `GET /api/episodes` answered at once; more get 429 (each reads PostgreSQL).
+const MAX_LISTS: usize = 4;
 /// How long an ack call (or a refresh of the ids) waits for PostgreSQL, connecting included.
 const DB_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +65,8 @@ pub struct Acks {
     token: Option<[u8; 32]>,
     total: AtomicU64,
     in_flight: tokio::sync::Semaphore,
+    /// Episode lists being read at once (each a query on PostgreSQL); more get 429.
+    lists: tokio::sync::Semaphore,
 }
 
 struct Shared {
@@ -100,6 +104,7 @@ impl Acks {
                 .map(|t| openssl::sha::sha256(t.0.as_bytes())),
             total: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            lists: tokio::sync::Semaphore::new(MAX_LISTS),
         }
     }
 
@@ -234,6 +239,14 @@ impl Acks {
             return Err(unavailable(
                 "episodes are stored in PostgreSQL (start with --postgres)",
             ));
+        };
+        let Ok(_listing) = self.lists.try_acquire() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("{MAX_LISTS} episode lists are already being read"),
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from_static("1")));
         };
         let list = shared
             .with_client(|c| async move { episodes::list(&c, filter, limit).await })

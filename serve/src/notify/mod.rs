@@ -17,7 +17,11 @@
 //! [`NotifyStats`] (`/metrics`, `/health`) and stored on the row (`attempts`, `last_error`,
 //! `next_attempt_at`). Errors name the destination, never its URL, headers or routing key.
 //!
-//! One notifier runs per pipeline, in the process that runs the sink (process 0).
+//! One notifier runs per pipeline, in the process that runs the sink (process 0), with one task
+//! per destination: a destination that is down or hangs delays only its own notifications. Each
+//! task holds a PostgreSQL advisory lock on its destination, so two overlapping processes never
+//! deliver to one destination at once. Rows of a destination that is no longer configured stay
+//! pending (and show in the backlog).
 
 pub mod config;
 pub mod format;
@@ -125,8 +129,9 @@ pub fn backoff(settings: &Settings, attempts: i32, seed: i64) -> Duration {
 
 type HttpClient = Client<hyper_openssl::client::legacy::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Delivers the outbox until `stop` completes. Never returns an error: an unreachable database or
-/// destination is retried, and shown in `stats`.
+/// Delivers the outbox until `stop` completes: one task per destination (a destination that is
+/// down or slow delays only its own notifications), and one that reads the backlog for `/metrics`.
+/// Never returns an error: an unreachable database or destination is retried, and shown in `stats`.
 pub async fn run(
     db: Database,
     destinations: Vec<Destination>,
@@ -134,7 +139,7 @@ pub async fn run(
     stats: Arc<NotifyStats>,
     stop: impl Future<Output = ()>,
 ) {
-    let http = match hyper_openssl::client::legacy::HttpsConnector::new() {
+    let http: HttpClient = match hyper_openssl::client::legacy::HttpsConnector::new() {
         Ok(https) => Client::builder(TokioExecutor::new()).build(https),
         Err(e) => {
             log::error!("notifier: cannot set up TLS ({e}); notifications stay in the outbox");
@@ -142,109 +147,177 @@ pub async fn run(
             return;
         }
     };
-    let destinations: BTreeMap<String, Destination> = destinations
-        .into_iter()
-        .map(|d| (d.route.name.clone(), d))
-        .collect();
-    tokio::pin!(stop);
-    let mut session: Option<tokio_postgres::Client> = None;
-    let mut db_backoff = Duration::from_millis(100);
-    loop {
-        let pause = match round(&db, &mut session, &http, &destinations, &settings, &stats).await {
-            Ok(busy) => {
-                stats.database.ok();
-                db_backoff = Duration::from_millis(100);
-                if busy {
-                    Duration::ZERO
-                } else {
-                    settings.poll
-                }
-            }
-            Err(e) => {
-                session = None;
-                log::warn!(
-                    "notifier: the outbox cannot be read ({e:#}); retrying in {db_backoff:?}"
-                );
-                stats.database.failed(format!("{e:#}"));
-                let pause = db_backoff;
-                db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
-                pause
-            }
-        };
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
+    let (stopped, stopping) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for destination in destinations {
+        let (db, http, stats) = (db.clone(), http.clone(), stats.clone());
+        let stopping = stopping.clone();
+        tasks.spawn(async move {
+            let name = destination.route.name.clone();
+            let deliver = deliver(db, destination, http, settings, stats, name);
+            stop_with(deliver, stopping).await;
+        });
+    }
+    let watch_backlog = backlog(db, stats);
+    tasks.spawn(stop_with(watch_backlog, stopping));
+    stop.await;
+    let _ = stopped.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Runs `work` until the stop flag is set.
+async fn stop_with(
+    work: impl Future<Output = ()>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = work => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
     }
 }
 
-/// Rows read at once (and delivered concurrently).
-const BATCH: i64 = 64;
+/// One destination's delivery loop. Holds a PostgreSQL advisory lock named after the schema and
+/// the destination for as long as its session lives, so that two notifiers (a restart overlapping
+/// the old process) never deliver to the same destination at once.
+async fn deliver(
+    db: Database,
+    destination: Destination,
+    http: HttpClient,
+    settings: Settings,
+    stats: Arc<NotifyStats>,
+    name: String,
+) {
+    let mut session: Option<tokio_postgres::Client> = None;
+    let mut db_backoff = Duration::from_millis(100);
+    loop {
+        let pause = match round(&db, &mut session, &http, &destination, &settings, &stats).await {
+            Ok(Round::Busy) => Duration::ZERO,
+            Ok(Round::Idle) => settings.poll,
+            Ok(Round::Locked) => {
+                log::info!("notifier: another process delivers to {name}; waiting for its lock");
+                Duration::from_secs(5)
+            }
+            Err(e) => {
+                session = None;
+                log::warn!("notifier: {name}: the outbox cannot be read ({e:#}); retrying in {db_backoff:?}");
+                stats.database.failed(format!("{e:#}"));
+                let pause = db_backoff;
+                db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        db_backoff = Duration::from_millis(100);
+        tokio::time::sleep(pause).await;
+    }
+}
 
-/// One pass: deliver what is due, record the outcomes, refresh the backlog figures. Returns
-/// whether a full batch was due (then the next pass follows at once).
+/// Reads the backlog for `/metrics` and `/health` every second.
+async fn backlog(db: Database, stats: Arc<NotifyStats>) {
+    let mut session: Option<tokio_postgres::Client> = None;
+    loop {
+        let result = async {
+            if session.as_ref().is_none_or(|c| c.is_closed()) {
+                session = Some(connect(&db).await?);
+            }
+            let client = session.as_ref().expect("connected above");
+            with_deadline(outbox::backlog(client)).await
+        }
+        .await;
+        match result {
+            Ok((pending, retrying, oldest_s)) => {
+                stats.database.ok();
+                stats.pending.store(pending, Ordering::Relaxed);
+                stats.retrying.store(retrying, Ordering::Relaxed);
+                stats
+                    .oldest_pending_ms
+                    .store((oldest_s * 1000.0) as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                session = None;
+                stats.database.failed(format!("{e:#}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn connect(db: &Database) -> anyhow::Result<tokio_postgres::Client> {
+    tokio::time::timeout(db.connect_deadline(), db.connect_async())
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))?
+}
+
+/// Rows of one destination read at once (and delivered concurrently).
+const BATCH: i64 = 32;
+
+/// How a delivery round went.
+enum Round {
+    /// A full batch was due: go again at once.
+    Busy,
+    Idle,
+    /// Another notifier holds this destination.
+    Locked,
+}
+
+/// One pass for one destination: deliver what is due and record the outcomes.
 async fn round(
     db: &Database,
     session: &mut Option<tokio_postgres::Client>,
     http: &HttpClient,
-    destinations: &BTreeMap<String, Destination>,
+    destination: &Destination,
     settings: &Settings,
     stats: &NotifyStats,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Round> {
+    let name = destination.route.name.as_str();
     if session.as_ref().is_none_or(|c| c.is_closed()) {
-        let client = tokio::time::timeout(Duration::from_secs(10), db.connect_async())
-            .await
-            .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))??;
+        let client = connect(db).await?;
+        let locked: bool = with_deadline(client.query_one(
+            "SELECT pg_try_advisory_lock(hashtext('streampulse-notifier|' || current_schema() || '|' || $1))",
+            &[&name],
+        ))
+        .await?
+        .get(0);
+        if !locked {
+            return Ok(Round::Locked);
+        }
         *session = Some(client);
     }
     let client = session.as_ref().expect("connected above");
-    let due = with_deadline(outbox::due(client, BATCH)).await?;
+    let due = with_deadline(outbox::due(client, name, BATCH)).await?;
     let full = due.len() as i64 == BATCH;
     let attempts = due.into_iter().map(|row| async move {
-        let outcome = match destinations.get(&row.destination) {
-            Some(d) => send(http, d, &row.payload, settings.timeout).await,
-            None => Err("this destination is no longer configured".to_string()),
-        };
+        let outcome = send(http, destination, &row.payload, settings.timeout).await;
         (row, outcome)
     });
     for (row, outcome) in futures_join(attempts).await {
         match outcome {
             Ok(()) => {
-                stats.count(&row.destination, 0);
+                stats.count(name, 0);
                 with_deadline(outbox::delivered(client, row.id)).await?;
             }
             Err(error) => {
                 let retry = (row.age_s < settings.give_up.as_secs_f64())
                     .then(|| backoff(settings, row.attempts, row.id));
-                stats.count(&row.destination, if retry.is_some() { 1 } else { 2 });
+                stats.count(name, if retry.is_some() { 1 } else { 2 });
+                let key = row.payload["idempotency_key"].as_str().unwrap_or("?");
                 match retry {
                     Some(d) => log::warn!(
-                        "notifier: {} ({}): {error}; attempt {} failed, retrying in {:.1?}",
-                        row.destination,
-                        row.payload["idempotency_key"].as_str().unwrap_or("?"),
-                        row.attempts + 1,
-                        d
+                        "notifier: {name} ({key}): {error}; attempt {} failed, retrying in {d:.1?}",
+                        row.attempts + 1
                     ),
                     None => log::error!(
-                        "notifier: {} ({}): {error}; abandoned after {} attempts",
-                        row.destination,
-                        row.payload["idempotency_key"].as_str().unwrap_or("?"),
+                        "notifier: {name} ({key}): {error}; abandoned after {} attempts",
                         row.attempts + 1
                     ),
                 }
                 *stats.last_error.lock().expect("notify stats lock") =
-                    Some((row.destination.clone(), error.clone()));
+                    Some((name.to_string(), error.clone()));
                 with_deadline(outbox::failed(client, row.id, &error, retry)).await?;
             }
         }
     }
-    let (pending, retrying, oldest_s) = with_deadline(outbox::backlog(client)).await?;
-    stats.pending.store(pending, Ordering::Relaxed);
-    stats.retrying.store(retrying, Ordering::Relaxed);
-    stats
-        .oldest_pending_ms
-        .store((oldest_s * 1000.0) as u64, Ordering::Relaxed);
-    Ok(full)
+    Ok(if full { Round::Busy } else { Round::Idle })
 }
 
 /// Runs the attempts concurrently on the current task and returns every outcome.

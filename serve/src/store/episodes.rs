@@ -151,7 +151,7 @@ fn notify_params(routes: &[Route], episode: &Episode, transition: Transition) ->
     let mut after_opened = Vec::new();
     for route in routes.iter().filter(|r| r.subscribes(transition)) {
         let needs_opened = transition != Transition::Opened && route.subscribes(Transition::Opened);
-        let ready = route.provisional || episode.confirmed || transition != Transition::Opened;
+        let ready = route.provisional || episode.confirmed;
         if needs_opened || (ready && route.wants(&episode.severity)) {
             names.push(route.name.clone());
             after_opened.push(needs_opened);
@@ -183,6 +183,17 @@ fn notify(
     Ok(())
 }
 
+/// Queues "opened" for the destinations the episode is now ready for, and "acknowledged" after
+/// it where someone acknowledged the episode before those destinations heard of it (an
+/// acknowledgement queues only where "opened" already went).
+fn announce(tx: &mut Transaction<'_>, routes: &[Route], episode: &Episode) -> anyhow::Result<()> {
+    notify(tx, routes, episode, Transition::Opened)?;
+    if episode.acknowledged && episode.state == "open" {
+        notify(tx, routes, episode, Transition::Acknowledged)?;
+    }
+    Ok(())
+}
+
 /// Brings the episodes up to date with the batch's alert changes (written before this call) and
 /// its watermark, and queues the notifications of every transition.
 pub fn maintain(
@@ -198,8 +209,17 @@ pub fn maintain(
             _ => None,
         })
         .collect();
+    // The watermark earlier commits reported (this batch's is written after this call): a window
+    // ending at or before it was final before this batch.
+    let reported: Option<i64> = tx
+        .query_one(
+            "SELECT (extract(epoch FROM min(watermark)) * 1000)::bigint FROM sink_progress
+             WHERE topic = $1",
+            &[&config.topic],
+        )?
+        .get(0);
     for (rule, region) in keys {
-        maintain_key(tx, config, rule, region)
+        maintain_key(tx, config, rule, region, reported)
             .with_context(|| format!("maintaining the episodes of {} in {region}", rule.name()))?;
     }
     if let Some(watermark) = batch.watermark {
@@ -229,7 +249,7 @@ fn confirm_passed(
         )
         .context("confirming episodes the watermark has passed")?;
     for row in rows {
-        notify(tx, &config.routes, &Episode::of(&row), Transition::Opened)?;
+        announce(tx, &config.routes, &Episode::of(&row))?;
     }
     Ok(())
 }
@@ -239,6 +259,7 @@ fn maintain_key(
     config: &SinkConfig,
     rule: Rule,
     region: &str,
+    reported: Option<i64>,
 ) -> anyhow::Result<()> {
     let name = rule.name();
     // A resolved episode is history: alerts up to its last window are not looked at again.
@@ -292,18 +313,27 @@ fn maintain_key(
                     .1;
                 let after = update(tx, config, id, &run)?;
                 if after.severity != before.severity {
-                    notify(tx, &config.routes, &after, Transition::Opened)?;
+                    announce(tx, &config.routes, &after)?;
                 }
             }
             Step::Open(run) => {
-                let episode = insert(tx, config, rule, region, &run)?;
-                notify(tx, &config.routes, &episode, Transition::Opened)?;
+                // A run whose next window an earlier commit already reported final can only come
+                // from revised windows (an idle partition's backlog): it is history, stored as
+                // resolved and announced to nobody. (A run that this batch's own watermark passes,
+                // as when catching up on a backlog, is announced and resolved as usual.)
+                let past = reported.is_some_and(|w| run.last + 2 * config.window_ms <= w);
+                let episode = insert(tx, config, rule, region, &run, past)?;
+                if !past {
+                    announce(tx, &config.routes, &episode)?;
+                }
             }
             Step::Withdraw { id } => {
+                // A confirmed episode cannot vanish unless final windows were revised (an idle
+                // partition's backlog): it ends as resolved, so that what paged is closed.
                 let row = tx.query_one(
                     &format!(
-                        "UPDATE episodes SET state = 'withdrawn', is_final = true, closed_at = now(),
-                             updated_at = now()
+                        "UPDATE episodes SET state = CASE WHEN confirmed THEN 'resolved' ELSE 'withdrawn' END,
+                             is_final = true, closed_at = now(), updated_at = now()
                          WHERE id = $1 RETURNING {COLUMNS}"
                     ),
                     &[&id],
@@ -347,12 +377,14 @@ fn update(
     Ok(Episode::of(&row))
 }
 
+/// Inserts a new episode: open, or (`past`) already resolved and confirmed.
 fn insert(
     tx: &mut Transaction<'_>,
     config: &SinkConfig,
     rule: Rule,
     region: &str,
     run: &Run,
+    past: bool,
 ) -> anyhow::Result<Episode> {
     // The first free generation: an episode withdrawn earlier may have had the same first window.
     let mut generation = 0;
@@ -370,9 +402,12 @@ fn insert(
     let row = tx.query_one(
         &format!(
             "INSERT INTO episodes (id, alert_type, region, severity, metric_name, threshold_value,
-                 first_window, last_window, episode_end, windows, peak_value, message)
+                 first_window, last_window, episode_end, windows, peak_value, message, state,
+                 confirmed, is_final, closed_at)
              VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::float8 / 1000),
-                 to_timestamp($8::float8 / 1000), to_timestamp($9::float8 / 1000), $10, $11, $12)
+                 to_timestamp($8::float8 / 1000), to_timestamp($9::float8 / 1000), $10, $11, $12,
+                 CASE WHEN $13 THEN 'resolved' ELSE 'open' END, $13, $13,
+                 CASE WHEN $13 THEN now() END)
              RETURNING {COLUMNS}"
         ),
         &[
@@ -388,6 +423,7 @@ fn insert(
             &run.windows,
             &run.peak,
             &run.message,
+            &past,
         ],
     )?;
     Ok(Episode::of(&row))
@@ -528,6 +564,19 @@ pub async fn acknowledge(
     let Some(id) = id else {
         return Ok(None);
     };
+    // Alerts first, then the episode: the order the sink locks them in (the other order
+    // deadlocks with a commit that touches both).
+    if let Target::Episode(id) = target {
+        tx.execute(
+            "UPDATE alerts a SET acknowledged = true, acknowledged_at = now(), acknowledged_by = $2
+             FROM episodes e
+             WHERE e.id = $1 AND e.state <> 'withdrawn' AND a.alert_type = e.alert_type
+               AND a.region = e.region AND a.window_start BETWEEN e.first_window AND e.last_window
+               AND NOT a.acknowledged",
+            &[&id, &by],
+        )
+        .await?;
+    }
     let Some(row) = tx
         .query_opt(
             &format!(
@@ -543,16 +592,6 @@ pub async fn acknowledge(
         return Ok(None);
     };
     let episode = Episode::of(&row);
-    if let Target::Episode(id) = target {
-        tx.execute(
-            "UPDATE alerts a SET acknowledged = true, acknowledged_at = now(), acknowledged_by = $2
-         FROM episodes e
-         WHERE e.id = $1 AND a.alert_type = e.alert_type AND a.region = e.region
-           AND a.window_start BETWEEN e.first_window AND e.last_window AND NOT a.acknowledged",
-            &[&id, &by],
-        )
-        .await?;
-    }
     if episode.state == "open" {
         if let Some(notice) = notify_params(routes, &episode, Transition::Acknowledged) {
             tx.execute(NOTIFY_SQL, &notice.params()).await?;

@@ -22,19 +22,23 @@ pub struct Due {
     pub payload: Value,
 }
 
-/// Up to `limit` notifications due now, oldest first.
-pub async fn due(client: &Client, limit: i64) -> Result<Vec<Due>, tokio_postgres::Error> {
+/// Up to `limit` notifications for `destination` due now, oldest first.
+pub async fn due(
+    client: &Client,
+    destination: &str,
+    limit: i64,
+) -> Result<Vec<Due>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT o.id, o.destination, o.attempts, extract(epoch FROM now() - o.created_at)::float8,
                  o.payload::text
              FROM notification_outbox o
-             WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+             WHERE o.state = 'pending' AND o.destination = $2 AND o.next_attempt_at <= now()
                AND NOT EXISTS (SELECT 1 FROM notification_outbox p
                                WHERE p.state = 'pending' AND p.destination = o.destination
                                  AND p.episode_id = o.episode_id AND p.id < o.id)
              ORDER BY o.id LIMIT $1",
-            &[&limit],
+            &[&limit, &destination],
         )
         .await?;
     Ok(rows
