@@ -239,6 +239,17 @@ pub struct ApiArgs {
     pub http_request_timeout: Option<Duration>,
     #[arg(long, env = "STREAMPULSE_HTTP_IDLE_TIMEOUT", hide = true, value_parser = seconds)]
     pub http_idle_timeout: Option<Duration>,
+    /// Seconds a push stream's client may leave a frame unread before it is dropped.
+    #[arg(long, env = "STREAMPULSE_HTTP_STREAM_STALL", hide = true, value_parser = seconds)]
+    pub http_stream_stall: Option<Duration>,
+    /// Push streams (`GET /api/stream`) open at once; beyond it a stream is refused with 503 and
+    /// the dashboard polls. 0 turns push off.
+    #[arg(long, env = "STREAMPULSE_PUSH_MAX_STREAMS", default_value_t = 256)]
+    pub push_max_streams: usize,
+    /// Shortest gap between two frames of a push stream, in milliseconds (changes in between are
+    /// coalesced: a client gets each changed panel's latest state).
+    #[arg(long, env = "STREAMPULSE_PUSH_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub push_interval_ms: u64,
 }
 
 impl ApiArgs {
@@ -250,6 +261,7 @@ impl ApiArgs {
             body: self.http_body_timeout.unwrap_or(defaults.body),
             request: self.http_request_timeout.unwrap_or(defaults.request),
             idle: self.http_idle_timeout.unwrap_or(defaults.idle),
+            stream_stall: self.http_stream_stall.unwrap_or(defaults.stream_stall),
             ..defaults
         }
     }
