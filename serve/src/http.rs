@@ -30,8 +30,10 @@
 //!   (`stream_stalled`). A stream with nothing to say has no deadline; its producer sends a
 //!   heartbeat every 15 s, so a client that vanished without a FIN is found within 15 s + 5 s.
 //!   The stream's channel holds one frame and hyper's write buffer a few, so a stalled stream
-//!   holds a bounded amount of memory until it is dropped; the kernel's socket buffers absorb the
-//!   rest, which is why a reader must empty them before its stall shows.
+//!   holds a bounded amount of memory until it is dropped. Its socket's send buffer is fixed at
+//!   [`STREAM_SEND_BUFFER`] (32 KiB) when it starts streaming, instead of autotuned up to 4 MiB:
+//!   a client that stops reading fills it (and its own receive buffer) within seconds, which is
+//!   when the stall starts to count, and the kernel holds little for it.
 //!   A stream counts against [`MAX_CONNECTIONS`] like any connection. It is not evictable while
 //!   its client keeps up (like a request being answered), and is, like a stalled `Sending`, once
 //!   a frame has waited [`STALLED`] (1 s). The API caps streams (`--push-max-streams`, 256) well
@@ -98,6 +100,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STALLED: Duration = Duration::from_secs(1);
 /// A stream whose last frame has not all reached the socket for this long is dropped.
 pub const STREAM_STALL: Duration = Duration::from_secs(5);
+/// A stream's socket send buffer (Linux doubles it for its bookkeeping). Left to autotuning it
+/// grows to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default), which a stream of a few frames a
+/// second would take minutes to fill: a client that stopped reading would go unnoticed that long
+/// and hold that much kernel memory.
+pub const STREAM_SEND_BUFFER: usize = 32 * 1024;
 
 /// The policy's numbers; [`Limits::default`] is what the constants above say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,6 +317,7 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, registry: Arc<Registry>,
     let io = TokioIo::new(Tracked {
         inner: stream,
         slot: slot.clone(),
+        streaming: false,
     });
     // No hyper timer: its header timeout runs from the end of the previous response, which would
     // merge the idle and header deadlines; the loop below keeps both.
@@ -674,6 +682,22 @@ impl Registry {
 struct Tracked {
     inner: TcpStream,
     slot: Arc<Slot>,
+    /// Its send buffer is set for streaming ([`STREAM_SEND_BUFFER`]).
+    streaming: bool,
+}
+
+impl Tracked {
+    /// Before the first write of a stream, bounds what the kernel holds for it.
+    fn before_write(&mut self) {
+        if !self.streaming && self.slot.phase.load(Ordering::Relaxed) == STREAMING {
+            self.streaming = true;
+            if let Err(e) =
+                socket2::SockRef::from(&self.inner).set_send_buffer_size(STREAM_SEND_BUFFER)
+            {
+                log::debug!("setting a stream's send buffer: {e}");
+            }
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -695,6 +719,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         self.slot.wrote(n);
         Poll::Ready(Ok(n))
@@ -705,6 +730,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
         self.slot.wrote(n);
         Poll::Ready(Ok(n))
