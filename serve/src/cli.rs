@@ -432,6 +432,8 @@ pub enum BenchWhat {
     /// Kafka end to end: raw consume, raw consume + decode, the pipeline to memory and to
     /// PostgreSQL, on one seeded topic (written once, then reused).
     Kafka(BenchKafkaArgs),
+    /// Event-to-dashboard latency by push (`/api/stream`) beside polling every 2 s, in one run.
+    Push(BenchPushArgs),
     /// The HTTP server (its connection policy, `run`'s runtime) answering every request with one
     /// fixed JSON body: the ceiling benches/api-load.sh measures the API against. Serves until
     /// SIGINT or SIGTERM.
@@ -463,6 +465,35 @@ pub struct BenchDataflowArgs {
     #[arg(long, default_value_t = 100_000)]
     pub batch: usize,
     /// Also append the JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The flags of `bench push`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchPushArgs {
+    #[arg(long, env = "STREAMPULSE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Prefix of the fresh topic each run writes.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    #[arg(long, default_value_t = 3)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Offered events/s.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long the load lasts, seconds (at most 240: the realtime panel covers 5 minutes).
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// The polling client's interval, ms (the dashboard polls every 2000 ms).
+    #[arg(long, default_value_t = 2000)]
+    pub poll_ms: u64,
+    /// An extra flag for `streampulse run`, e.g. `--run-arg=--push-interval-ms=100`.
+    #[arg(long = "run-arg", allow_hyphen_values = true)]
+    pub run_args: Vec<String>,
+    /// Append the JSON lines to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
