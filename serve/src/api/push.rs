@@ -31,8 +31,9 @@
 //!
 //! **Bounds.** The panels are rendered once for all clients; a client task only concatenates the
 //! shared bytes. No client has a queue of changes: it is sent the latest state of what changed,
-//! at most one frame per `--push-interval-ms` (250 ms), and a frame waits in a channel of one to
-//! hyper. A client that leaves a frame unread for `http::STREAM_STALL` (5 s) is dropped by the
+//! at most one frame per snapshot, and snapshots are at least `--push-interval-ms` (250 ms) apart
+//! (only the frame that opens a stream may come sooner after the previous one); a frame waits in
+//! a channel of one to hyper. A client that leaves a frame unread for `http::STREAM_STALL` (5 s) is dropped by the
 //! connection policy (it reconnects and resumes). At most `--push-max-streams` (256) streams are
 //! open; beyond that a stream gets 503 and the dashboard polls. `--push-max-streams 0` turns push
 //! off.
@@ -291,9 +292,10 @@ impl Drop for Open {
     }
 }
 
-/// One client: sends the retry hint, then the panels changed since `sent`, whenever the snapshot
-/// moves on, at most once per interval, until hyper drops the body (the client left, or was
-/// dropped for not reading).
+/// One client: sends the retry hint, then the panels changed since `sent` whenever the snapshot
+/// moves on (at most once per snapshot, so once per interval), until hyper drops the body (the
+/// client left, or was dropped for not reading). While a frame waits for a slow client, the
+/// snapshots it misses are coalesced into the next frame.
 async fn client(
     open: Open,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -318,11 +320,9 @@ async fn client(
                     return;
                 }
                 push.stats.frames.fetch_add(1, Ordering::Relaxed);
-                // Changes in the meantime are coalesced into the next frame.
-                tokio::select! {
-                    _ = tokio::time::sleep(push.interval) => {}
-                    _ = frames.closed() => return,
-                }
+                // No pause here: snapshots come at least an interval apart, so this is at most
+                // one frame per interval; a pause of the client's own would drift against the
+                // producer's ticks and delay every frame by up to an interval.
                 continue;
             }
         }
@@ -344,7 +344,8 @@ async fn client(
 }
 
 /// The one producer: every interval, while any stream is open, renders the panels and publishes
-/// a snapshot if any changed. Ends when the API's state is gone.
+/// a snapshot if any changed. Its ticks are at least an interval apart (a late tick delays the
+/// next), which is what bounds each client's frame rate. Ends when the API's state is gone.
 async fn produce(state: Weak<State>) {
     let interval = match state.upgrade() {
         Some(state) => state.push.interval,
