@@ -318,7 +318,9 @@ async fn respond(
             };
             json_reply(StatusCode::OK, &body)
         }
-        Route::Stats(i) => json_bytes(stats_body(state, i, req.uri().query().unwrap_or("")).await?),
+        Route::Stats(i) => {
+            json_bytes(stats_body(state, i, req.uri().query().unwrap_or(""), true).await?)
+        }
         Route::Stream => push::open(state, &req)?,
         Route::Metrics => reply(
             StatusCode::OK,
@@ -340,7 +342,10 @@ async fn respond(
 
 /// A stats endpoint's body: from the cache when the view has not changed since it was computed,
 /// or when it was computed less than `cache::REUSE_FOR` ago (found without the view's lock).
-async fn stats_body(state: &State, i: usize, query: &str) -> Result<Bytes, ApiError> {
+/// Without `reuse` it is computed from the view as it is now (and cached): what [`push`] renders
+/// once per interval for every stream, where an answer up to `REUSE_FOR` old would delay a change
+/// by a whole interval.
+async fn stats_body(state: &State, i: usize, query: &str, reuse: bool) -> Result<Bytes, ApiError> {
     let (path, handler, params) = stats::ENDPOINTS[i];
     let q = query::Query::parse(query)?;
     let key = (path, q.normalised(params));
@@ -355,7 +360,7 @@ async fn stats_body(state: &State, i: usize, query: &str) -> Result<Bytes, ApiEr
         None
     };
     let generation = acks.as_ref().map_or(0, |(_, generation)| *generation);
-    if let Some(body) = state.cache.recent(&key, generation) {
+    if let Some(body) = state.cache.recent(&key, generation).filter(|_| reuse) {
         return Ok(body);
     }
     let acknowledged = acks.map(|(ids, _)| ids).unwrap_or_default();
@@ -363,7 +368,7 @@ async fn stats_body(state: &State, i: usize, query: &str) -> Result<Bytes, ApiEr
     let (version, value) = {
         let view = state.view.read().expect("view lock");
         let version = (view.version(), generation);
-        if let Some(body) = state.cache.get(&key, version) {
+        if let Some(body) = state.cache.get(&key, version).filter(|_| reuse) {
             return Ok(body);
         }
         let input = stats::Input {

@@ -1022,6 +1022,43 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_is_judged_by_whether_its_client_reads() {
+        let registry = Registry::new(Limits::default(), Arc::default());
+        let slot = admitted(registry.admit_at(ip("127.0.0.1"), NOW));
+        let l = Limits::default();
+        slot.request_started();
+        slot.stream_started();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), STREAMING);
+        // Nothing waits: no deadline within the request timeout, and not evictable.
+        let (deadline, reason) = slot.deadline(&l);
+        assert_eq!(reason, Closed::StreamStalled);
+        assert!(
+            deadline > slot.now_ms() + 60_000,
+            "a stream outlives REQUEST_TIMEOUT"
+        );
+        assert_eq!(slot.waiting_since(u64::MAX / 2), None);
+        // A frame taken and not flushed: the stall deadline runs from it.
+        slot.stream_frame();
+        let since = slot.unflushed_since.load(Ordering::Relaxed);
+        assert_eq!(slot.deadline(&l), (since + 5_000, Closed::StreamStalled));
+        // A second frame before the flush does not move it.
+        slot.stream_frame();
+        assert_eq!(slot.unflushed_since.load(Ordering::Relaxed), since);
+        assert_eq!(slot.waiting_since(since + 999), None, "not stalled yet");
+        assert_eq!(slot.waiting_since(since + 1_000), Some(since), "evictable");
+        // Flushed: the client keeps up.
+        slot.flushed();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), STREAMING);
+        assert_eq!(slot.waiting_since(since + 10_000), None);
+        assert!(slot.deadline(&l).0 > since + 60_000);
+        // The stream ends: its last bytes are sent like any response, then the connection idles.
+        slot.response_built();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), SENDING);
+        slot.flushed();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), IDLE);
+    }
+
+    #[test]
     fn deadlines_follow_the_phase() {
         let registry = Registry::new(Limits::default(), Arc::default());
         let slot = admitted(registry.admit_at(ip("127.0.0.1"), NOW));

@@ -10,7 +10,8 @@
 //! - bad parameters are 400 with the API's error shape; the stream cap answers 503 beyond it;
 //! - a flood of 200 streams that never read (receive buffers of 4 KiB) under live traffic: the
 //!   server drops them as slow (`streampulse_push_dropped_slow_total`), its resident memory grows
-//!   by less than [`FLOOD_RSS_BOUND_KIB`], and a client that reads keeps getting frames throughout.
+//!   by less than [`FLOOD_RSS_BOUND_KIB`], and a client that reads keeps getting frames throughout,
+//!   for far longer than the request timeout (2 s here), which a stream is not subject to.
 
 mod support;
 
@@ -462,9 +463,11 @@ fn bad_parameters_are_400_and_the_cap_is_503() {
 #[test]
 fn slow_streams_are_dropped_without_growing_memory() {
     const SLOW: usize = 200;
+    // A request timeout of 2 s, which streams read for longer must outlive.
     let args: Vec<String> = ["run", "--http", "127.0.0.1:0", "--rate", "400"]
         .into_iter()
         .chain(["--scenario", "cdn-outage", "--status-interval", "3600"])
+        .chain(["--http-request-timeout", "2"])
         .map(String::from)
         .collect();
     let server = Pipeline::spawn("streampulse run (flood)", &args, true);
@@ -530,5 +533,13 @@ fn slow_streams_are_dropped_without_growing_memory() {
     // The reader is still being served, and was never dropped.
     assert!(reader.next(Duration::from_secs(2)).is_some());
     assert_eq!(metric(addr, "streampulse_push_streams"), 1.0);
+    assert_eq!(
+        metric(
+            addr,
+            "streampulse_http_connections_closed_total{reason=\"request_timeout\"}"
+        ),
+        0.0,
+        "a stream being read outlives the request timeout"
+    );
     drop(slow);
 }

@@ -369,7 +369,7 @@ async fn produce(state: Weak<State>) {
                 .iter()
                 .position(|(p, _, _)| p == path)
                 .expect("every panel is a stats endpoint");
-            let body = match super::stats_body(&state, endpoint, query).await {
+            let body = match super::stats_body(&state, endpoint, query, false).await {
                 Ok(body) => body,
                 Err(e) => {
                     log::warn!("push: rendering {name}: {}", e.detail);
