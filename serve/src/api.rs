@@ -360,7 +360,8 @@ async fn stats_body(state: &State, i: usize, query: &str, reuse: bool) -> Result
         None
     };
     let generation = acks.as_ref().map_or(0, |(_, generation)| *generation);
-    if let Some(body) = state.cache.recent(&key, generation).filter(|_| reuse) {
+    // (Asked only with `reuse`: the cache counts what it is asked.)
+    if let Some(body) = reuse.then(|| state.cache.recent(&key, generation)).flatten() {
         return Ok(body);
     }
     let acknowledged = acks.map(|(ids, _)| ids).unwrap_or_default();
@@ -368,7 +369,7 @@ async fn stats_body(state: &State, i: usize, query: &str, reuse: bool) -> Result
     let (version, value) = {
         let view = state.view.read().expect("view lock");
         let version = (view.version(), generation);
-        if let Some(body) = state.cache.get(&key, version).filter(|_| reuse) {
+        if let Some(body) = reuse.then(|| state.cache.get(&key, version)).flatten() {
             return Ok(body);
         }
         let input = stats::Input {
