@@ -361,7 +361,10 @@ async fn stats_body(state: &State, i: usize, query: &str, reuse: bool) -> Result
     };
     let generation = acks.as_ref().map_or(0, |(_, generation)| *generation);
     // (Asked only with `reuse`: the cache counts what it is asked.)
-    if let Some(body) = reuse.then(|| state.cache.recent(&key, generation)).flatten() {
+    if let Some(body) = reuse
+        .then(|| state.cache.recent(&key, generation))
+        .flatten()
+    {
         return Ok(body);
     }
     let acknowledged = acks.map(|(ids, _)| ids).unwrap_or_default();
