@@ -92,7 +92,7 @@ pub struct TopicShape {
     pub partition_sizes: BTreeMap<u32, i64>,
 }
 
-fn config(bench: &KafkaBench) -> KafkaConfig {
+pub(crate) fn config(bench: &KafkaBench) -> KafkaConfig {
     KafkaConfig {
         brokers: bench.brokers.clone(),
         topic: bench.topic.clone(),
@@ -103,7 +103,7 @@ fn config(bench: &KafkaBench) -> KafkaConfig {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
@@ -192,9 +192,9 @@ pub fn raw_read(bench: &KafkaBench, shape: &TopicShape, decode: bool) -> Result<
 }
 
 /// A `streampulse run` process, killed when dropped.
-struct Run {
+pub(crate) struct Run {
     child: Child,
-    api: Option<SocketAddr>,
+    pub(crate) api: Option<SocketAddr>,
 }
 
 impl Drop for Run {
@@ -205,7 +205,11 @@ impl Drop for Run {
 }
 
 impl Run {
-    fn start(bench: &KafkaBench, workers: usize, schema: Option<&str>) -> Result<Run, String> {
+    pub(crate) fn start(
+        bench: &KafkaBench,
+        workers: usize,
+        schema: Option<&str>,
+    ) -> Result<Run, String> {
         let mut command = Command::new(&bench.binary);
         command
             .args(["run", "--source", "kafka", "--brokers", &bench.brokers])
@@ -245,7 +249,7 @@ impl Run {
     }
 
     /// A counter from `/metrics` (0 while absent).
-    fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let Some(addr) = self.api else { return 0.0 };
         let Ok(mut stream) = TcpStream::connect(addr) else {
             return 0.0;
@@ -341,7 +345,7 @@ fn pipeline(
     }
 }
 
-fn rand_suffix() -> u128 {
+pub(crate) fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() % 1_000_000_000)
@@ -515,7 +519,7 @@ pub struct LatencyMeasurement {
 }
 
 /// A cumulative count seen at a moment (ms since the measurement's start).
-type Seen = Vec<(f64, u64)>;
+pub(crate) type Seen = Vec<(f64, u64)>;
 
 /// Offers `rate` events/s for `seconds` to a fresh topic that a running pipeline (with PostgreSQL
 /// when configured) reads, and measures from the outside when each event becomes visible: in the
@@ -651,7 +655,7 @@ pub fn latency(
 }
 
 /// Per event, the first poll at which the count covered it, minus when it was sent.
-fn percentiles(
+pub(crate) fn percentiles(
     name: &str,
     workers: usize,
     rate: f64,

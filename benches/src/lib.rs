@@ -5,6 +5,7 @@
 //! - [`dataflow_run`] runs the real dataflow (batches, differential, output to a [`View`]).
 //! - [`bench_dataflow`] runs both several times and reports medians as [`Measurement`]s.
 //! - [`kafka`] measures the real path, Kafka in and PostgreSQL out, beside raw consume of the topic.
+//! - [`push`] measures event-to-dashboard latency by push (`/api/stream`) beside polling.
 //!
 //! Events are generated before the clock starts, so generation is never timed; both sides consume
 //! and free them inside the timed part, as a real pipeline does after decoding.
@@ -21,6 +22,7 @@ use streampulse_ingest::{Generator, Record, Scenario, VecSource};
 
 pub mod baseline;
 pub mod kafka;
+pub mod push;
 
 /// Event-time rate of the benchmark stream: 2 000 events per second, so 10 M events span ~83 windows.
 pub const BENCH_RATE: f64 = 2_000.0;

@@ -9,11 +9,13 @@
 //!   GET /api/stats/regions?minutes    GET /api/stats/devices?minutes&limit
 //!   GET /metrics   GET /openapi.json   GET /docs   GET / and /assets/*   POST /api/alerts/{id}/ack
 //!   GET /api/episodes?state&limit     POST /api/episodes/{id}/ack
+//!   GET /api/stream?last_event_id&panels   (server-sent events: the dashboard's panels as they change)
 //! ```
 //!
 //! [`handle`] routes a request, then adds what every response carries: CORS headers
 //! ([`cors`]), `X-Response-Time`, and a count in the HTTP metrics ([`metrics`]). The stats
-//! endpoints ([`stats`]) are serialised once per change of the view and served from [`cache`].
+//! endpoints ([`stats`]) are serialised once per change of the view and served from [`cache`];
+//! [`push`] streams the same bodies to the dashboard as they change.
 //! A bad parameter is a 400 with a JSON body, an unknown path 404, a wrong method 405 (with
 //! `Allow`), a body over 16 KiB 413, a body slower than the server's body timeout 408 (`http`);
 //! every error is `{"error": code, "detail": text}`.
@@ -23,13 +25,13 @@ mod cache;
 mod cors;
 mod metrics;
 mod openapi;
+pub mod push;
 mod query;
 mod stats;
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{
     HeaderName, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
@@ -72,6 +74,8 @@ pub struct State {
     pub routes: Vec<crate::notify::Route>,
     /// The notifier's counters, when this process delivers notifications.
     pub notify: Option<Arc<crate::notify::NotifyStats>>,
+    /// The push streams (`/api/stream`).
+    pub push: push::Push,
 }
 
 impl State {
@@ -100,6 +104,10 @@ impl State {
             connections: Arc::default(),
             routes: Vec::new(),
             notify: None,
+            push: push::Push::new(
+                args.push_max_streams,
+                std::time::Duration::from_millis(args.push_interval_ms),
+            ),
         }
     }
 }
@@ -147,6 +155,7 @@ enum Route {
     Health,
     /// An index into [`stats::ENDPOINTS`].
     Stats(usize),
+    Stream,
     Metrics,
     OpenApi,
     Docs,
@@ -168,6 +177,7 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/openapi.json" => Route::OpenApi,
             "/docs" => Route::Docs,
+            "/api/stream" => Route::Stream,
             _ => {
                 if let Some(i) = stats::ENDPOINTS.iter().position(|(p, _, _)| *p == path) {
                     Route::Stats(i)
@@ -202,6 +212,7 @@ impl Route {
         match self {
             Route::Health => "/health",
             Route::Stats(i) => stats::ENDPOINTS[*i].0,
+            Route::Stream => "/api/stream",
             Route::Metrics => "/metrics",
             Route::OpenApi => "/openapi.json",
             Route::Docs => "/docs",
@@ -235,7 +246,7 @@ pub fn handler(state: Arc<State>) -> crate::http::Handler {
     })
 }
 
-pub async fn handle(state: &State, req: Request<RequestBody>) -> Reply {
+pub async fn handle(state: &Arc<State>, req: Request<RequestBody>) -> Reply {
     let started = Instant::now();
     let origin = req.headers().get(ORIGIN).cloned();
     let (label, result) = match Route::of(req.uri().path()) {
@@ -259,7 +270,7 @@ pub async fn handle(state: &State, req: Request<RequestBody>) -> Reply {
 }
 
 async fn respond(
-    state: &State,
+    state: &Arc<State>,
     route: Route,
     req: Request<RequestBody>,
 ) -> Result<Reply, ApiError> {
@@ -327,7 +338,10 @@ async fn respond(
             }
             json_reply(StatusCode::OK, &body)
         }
-        Route::Stats(i) => stats_reply(state, i, req.uri().query().unwrap_or("")).await?,
+        Route::Stats(i) => {
+            json_bytes(stats_body(state, i, req.uri().query().unwrap_or(""), true).await?)
+        }
+        Route::Stream => push::open(state, &req)?,
         Route::Metrics => reply(
             StatusCode::OK,
             Some(metrics::CONTENT_TYPE),
@@ -410,9 +424,12 @@ fn notifications_health(notify: &crate::notify::NotifyStats, body: &mut Value) {
     }
 }
 
-/// A stats endpoint's answer: from the cache when the view has not changed since it was computed,
+/// A stats endpoint's body: from the cache when the view has not changed since it was computed,
 /// or when it was computed less than `cache::REUSE_FOR` ago (found without the view's lock).
-async fn stats_reply(state: &State, i: usize, query: &str) -> Result<Reply, ApiError> {
+/// Without `reuse` it is computed from the view as it is now (and cached): what [`push`] renders
+/// once per interval for every stream, where an answer up to `REUSE_FOR` old would delay a change
+/// by a whole interval.
+async fn stats_body(state: &State, i: usize, query: &str, reuse: bool) -> Result<Bytes, ApiError> {
     let (path, handler, params) = stats::ENDPOINTS[i];
     let q = query::Query::parse(query)?;
     let key = (path, q.normalised(params));
@@ -427,16 +444,20 @@ async fn stats_reply(state: &State, i: usize, query: &str) -> Result<Reply, ApiE
         None
     };
     let generation = acks.as_ref().map_or(0, |(_, generation)| *generation);
-    if let Some(body) = state.cache.recent(&key, generation) {
-        return Ok(json_bytes(body));
+    // (Asked only with `reuse`: the cache counts what it is asked.)
+    if let Some(body) = reuse
+        .then(|| state.cache.recent(&key, generation))
+        .flatten()
+    {
+        return Ok(body);
     }
     let acknowledged = acks.map(|(ids, _)| ids).unwrap_or_default();
     // The view's lock is held while computing, not while serialising.
     let (version, value) = {
         let view = state.view.read().expect("view lock");
         let version = (view.version(), generation);
-        if let Some(body) = state.cache.get(&key, version) {
-            return Ok(json_bytes(body));
+        if let Some(body) = reuse.then(|| state.cache.get(&key, version)).flatten() {
+            return Ok(body);
         }
         let input = stats::Input {
             view: &view,
@@ -447,11 +468,11 @@ async fn stats_reply(state: &State, i: usize, query: &str) -> Result<Reply, ApiE
     };
     let body = Bytes::from(serde_json::to_vec(&value).expect("a Value always serialises"));
     state.cache.put(key, version, body.clone());
-    Ok(json_bytes(body))
+    Ok(body)
 }
 
 pub fn reply(status: StatusCode, content_type: Option<&'static str>, body: Bytes) -> Reply {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(crate::http::Body::full(body));
     *response.status_mut() = status;
     if let Some(content_type) = content_type {
         response

@@ -287,6 +287,17 @@ pub struct ApiArgs {
     pub http_request_timeout: Option<Duration>,
     #[arg(long, env = "STREAMPULSE_HTTP_IDLE_TIMEOUT", hide = true, value_parser = seconds)]
     pub http_idle_timeout: Option<Duration>,
+    /// Seconds a push stream's client may leave a frame unread before it is dropped.
+    #[arg(long, env = "STREAMPULSE_HTTP_STREAM_STALL", hide = true, value_parser = seconds)]
+    pub http_stream_stall: Option<Duration>,
+    /// Push streams (`GET /api/stream`) open at once; beyond it a stream is refused with 503 and
+    /// the dashboard polls. 0 turns push off.
+    #[arg(long, env = "STREAMPULSE_PUSH_MAX_STREAMS", default_value_t = 256)]
+    pub push_max_streams: usize,
+    /// Shortest gap between two frames of a push stream, in milliseconds (changes in between are
+    /// coalesced: a client gets each changed panel's latest state).
+    #[arg(long, env = "STREAMPULSE_PUSH_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub push_interval_ms: u64,
 }
 
 impl ApiArgs {
@@ -298,6 +309,7 @@ impl ApiArgs {
             body: self.http_body_timeout.unwrap_or(defaults.body),
             request: self.http_request_timeout.unwrap_or(defaults.request),
             idle: self.http_idle_timeout.unwrap_or(defaults.idle),
+            stream_stall: self.http_stream_stall.unwrap_or(defaults.stream_stall),
             ..defaults
         }
     }
@@ -468,6 +480,8 @@ pub enum BenchWhat {
     /// Kafka end to end: raw consume, raw consume + decode, the pipeline to memory and to
     /// PostgreSQL, on one seeded topic (written once, then reused).
     Kafka(BenchKafkaArgs),
+    /// Event-to-dashboard latency by push (`/api/stream`) beside polling every 2 s, in one run.
+    Push(BenchPushArgs),
     /// The HTTP server (its connection policy, `run`'s runtime) answering every request with one
     /// fixed JSON body: the ceiling benches/api-load.sh measures the API against. Serves until
     /// SIGINT or SIGTERM.
@@ -499,6 +513,35 @@ pub struct BenchDataflowArgs {
     #[arg(long, default_value_t = 100_000)]
     pub batch: usize,
     /// Also append the JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The flags of `bench push`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchPushArgs {
+    #[arg(long, env = "STREAMPULSE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Prefix of the fresh topic each run writes.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    #[arg(long, default_value_t = 3)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Offered events/s.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long the load lasts, seconds (at most 240: the realtime panel covers 5 minutes).
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// The polling client's interval, ms (the dashboard polls every 2000 ms).
+    #[arg(long, default_value_t = 2000)]
+    pub poll_ms: u64,
+    /// An extra flag for `streampulse run`, e.g. `--run-arg=--push-interval-ms=100`.
+    #[arg(long = "run-arg", allow_hyphen_values = true)]
+    pub run_args: Vec<String>,
+    /// Append the JSON lines to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

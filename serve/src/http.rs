@@ -7,6 +7,11 @@
 //! ```text
 //!   accept ─▶ Idle ──first byte──▶ Head ──head complete──▶ Busy ──response built──▶ Sending ──flushed──▶ Idle …
 //!             ≤ IDLE_TIMEOUT        ≤ HEADER_TIMEOUT        body ≤ BODY_TIMEOUT, head to flushed ≤ REQUEST_TIMEOUT
+//!                                                            │                        ▲
+//!                                                            │ stream built           │ stream ended
+//!                                                            ▼                        │
+//!                                                          Streaming ─────────────────┘
+//!                                                            a frame taken by hyper must be flushed ≤ STREAM_STALL
 //! ```
 //!
 //! - Deadlines hold for every request, authorised or not: a connection is closed [`IDLE_TIMEOUT`]
@@ -17,6 +22,22 @@
 //!   From the end of a head to the last byte of its response flushed takes at most
 //!   [`REQUEST_TIMEOUT`] (30 s), else the connection is dropped. These are totals, not gaps
 //!   between bytes: a byte a second extends nothing.
+//! - A response may be a stream ([`Body::Stream`], the API's server-sent events): it has no end,
+//!   so [`REQUEST_TIMEOUT`] cannot bound it. Once its response is built (head to built still
+//!   within [`REQUEST_TIMEOUT`]) the connection is `Streaming`, and judged instead by whether its
+//!   client reads: each frame hyper takes from the stream must be written to the socket in full
+//!   (hyper flushes) within [`STREAM_STALL`] (5 s), else the connection is dropped
+//!   (`stream_stalled`). A stream with nothing to say has no deadline; its producer sends a
+//!   heartbeat every 15 s, so a client that vanished without a FIN is found within 15 s + 5 s.
+//!   The stream's channel holds one frame and hyper's write buffer a few, so a stalled stream
+//!   holds a bounded amount of memory until it is dropped. Its socket's send buffer is fixed at
+//!   [`STREAM_SEND_BUFFER`] (32 KiB) when it starts streaming, instead of autotuned up to 4 MiB:
+//!   a client that stops reading fills it (and its own receive buffer) within seconds, which is
+//!   when the stall starts to count, and the kernel holds little for it.
+//!   A stream counts against [`MAX_CONNECTIONS`] like any connection. It is not evictable while
+//!   its client keeps up (like a request being answered), and is, like a stalled `Sending`, once
+//!   a frame has waited [`STALLED`] (1 s). The API caps streams (`--push-max-streams`, 256) well
+//!   below [`MAX_CONNECTIONS`], so streams alone can never fill the server.
 //! - At most [`MAX_CONNECTIONS`] (1024) connections are open. When a new one arrives at capacity,
 //!   the server evicts the connection that has waited longest in `Idle` or `Head` (since its phase
 //!   began: trickling bytes is not activity, finishing a request is), or one whose client has not
@@ -52,7 +73,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -77,6 +98,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response its client has not read for this long makes the connection evictable.
 pub const STALLED: Duration = Duration::from_secs(1);
+/// A stream whose last frame has not all reached the socket for this long is dropped.
+pub const STREAM_STALL: Duration = Duration::from_secs(5);
+/// A stream's socket send buffer (Linux doubles it for its bookkeeping). Left to autotuning it
+/// grows to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default), which a stream of a few frames a
+/// second would take minutes to fill: a client that stopped reading would go unnoticed that long
+/// and hold that much kernel memory.
+pub const STREAM_SEND_BUFFER: usize = 32 * 1024;
 
 /// The policy's numbers; [`Limits::default`] is what the constants above say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +115,7 @@ pub struct Limits {
     pub body: Duration,
     pub request: Duration,
     pub idle: Duration,
+    pub stream_stall: Duration,
 }
 
 impl Default for Limits {
@@ -98,6 +127,7 @@ impl Default for Limits {
             body: BODY_TIMEOUT,
             request: REQUEST_TIMEOUT,
             idle: IDLE_TIMEOUT,
+            stream_stall: STREAM_STALL,
         }
     }
 }
@@ -112,15 +142,18 @@ pub enum Closed {
     Evicted,
     /// Turned away at accept: its client's share was full of requests being answered.
     Refused,
+    /// A stream whose client stopped taking its frames.
+    StreamStalled,
 }
 
 impl Closed {
-    pub const ALL: [Closed; 5] = [
+    pub const ALL: [Closed; 6] = [
         Closed::IdleTimeout,
         Closed::HeaderTimeout,
         Closed::RequestTimeout,
         Closed::Evicted,
         Closed::Refused,
+        Closed::StreamStalled,
     ];
 
     pub fn label(self) -> &'static str {
@@ -130,6 +163,7 @@ impl Closed {
             Closed::RequestTimeout => "request_timeout",
             Closed::Evicted => "evicted",
             Closed::Refused => "refused",
+            Closed::StreamStalled => "stream_stalled",
         }
     }
 }
@@ -155,8 +189,24 @@ impl ConnectionStats {
     }
 }
 
-/// A complete response: the API serialises every answer before it is sent.
-pub type Reply = hyper::Response<http_body_util::Full<Bytes>>;
+/// A response: complete (the API serialises every answer before it is sent), or a stream.
+pub type Reply = hyper::Response<Body>;
+
+/// What a response carries: a complete body, or a stream of frames (server-sent events) that
+/// ends when its sender is dropped.
+pub enum Body {
+    Full(http_body_util::Full<Bytes>),
+    /// Frames as the handler produces them. The channel is the only buffer between the producer
+    /// and hyper, so its capacity bounds what a connection holds beyond hyper's own write buffer
+    /// (see the module header: a client that stops reading stalls the stream and is dropped).
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    pub fn full(bytes: Bytes) -> Body {
+        Body::Full(http_body_util::Full::new(bytes))
+    }
+}
 
 /// What answers a request (the API in the product; anything in a test).
 pub type Handler = Arc<
@@ -260,16 +310,14 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, registry: Arc<Registry>,
             let (handler, slot) = (handler.clone(), slot.clone());
             async move {
                 let response = handler(req).await;
-                Ok::<_, Infallible>(response.map(|body| ResponseBody {
-                    inner: body,
-                    slot: Some(slot),
-                }))
+                Ok::<_, Infallible>(response.map(|body| ResponseBody::new(body, slot)))
             }
         })
     };
     let io = TokioIo::new(Tracked {
         inner: stream,
         slot: slot.clone(),
+        streaming: false,
     });
     // No hyper timer: its header timeout runs from the end of the previous response, which would
     // merge the idle and header deadlines; the loop below keeps both.
@@ -337,6 +385,9 @@ const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 const SENDING: u8 = 3;
+const STREAMING: u8 = 4;
+/// `Slot::unflushed_since` when nothing waits.
+const NOTHING: u64 = u64::MAX;
 
 /// One connection as the registry sees it. Its own task and the registry (on accept) read it
 /// concurrently; the numbers are advisory, so relaxed atomics suffice.
@@ -352,6 +403,9 @@ struct Slot {
     /// When response bytes last went out (or the response was built): a client that stopped
     /// reading shows here.
     written: AtomicU64,
+    /// Streaming: when hyper took a frame that has not all reached the socket yet ([`NOTHING`]
+    /// once it has). A client that stopped reading shows here.
+    unflushed_since: AtomicU64,
     evicted: AtomicBool,
     /// Wakes the connection's task on a phase change or an eviction.
     wake: Notify,
@@ -378,7 +432,7 @@ impl Slot {
     }
 
     fn response_built(&self) {
-        if self.phase.load(Ordering::Relaxed) == BUSY {
+        if matches!(self.phase.load(Ordering::Relaxed), BUSY | STREAMING) {
             // Same deadline as Busy, so the task need not wake.
             let now = self.now_ms();
             self.phase_since.store(now, Ordering::Relaxed);
@@ -400,8 +454,25 @@ impl Slot {
     }
 
     fn flushed(&self) {
-        if self.phase.load(Ordering::Relaxed) == SENDING {
-            self.enter(IDLE);
+        match self.phase.load(Ordering::Relaxed) {
+            SENDING => self.enter(IDLE),
+            STREAMING => self.unflushed_since.store(NOTHING, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// The handler answered with a stream: from now on it lives as long as its client reads.
+    fn stream_started(&self) {
+        self.unflushed_since.store(NOTHING, Ordering::Relaxed);
+        self.enter(STREAMING);
+    }
+
+    /// hyper took a frame of the stream to write.
+    fn stream_frame(&self) {
+        if self.unflushed_since.load(Ordering::Relaxed) == NOTHING {
+            self.unflushed_since.store(self.now_ms(), Ordering::Relaxed);
+            // The task sleeps without a deadline while nothing waits: give it one.
+            self.wake.notify_one();
         }
     }
 
@@ -412,6 +483,11 @@ impl Slot {
         match self.phase.load(Ordering::Relaxed) {
             IDLE => (since + ms(limits.idle), Closed::IdleTimeout),
             HEAD => (since + ms(limits.header), Closed::HeaderTimeout),
+            STREAMING => match self.unflushed_since.load(Ordering::Relaxed) {
+                // Nothing to judge the client by: look again in an hour, or when a frame waits.
+                NOTHING => (self.now_ms() + 3_600_000, Closed::StreamStalled),
+                unflushed => (unflushed + ms(limits.stream_stall), Closed::StreamStalled),
+            },
             _ => (
                 self.request_since.load(Ordering::Relaxed) + ms(limits.request),
                 Closed::RequestTimeout,
@@ -426,6 +502,12 @@ impl Slot {
             SENDING => {
                 let written = self.written.load(Ordering::Relaxed);
                 (now.saturating_sub(written) >= STALLED.as_millis() as u64).then_some(written)
+            }
+            STREAMING => {
+                let unflushed = self.unflushed_since.load(Ordering::Relaxed);
+                (unflushed != NOTHING
+                    && now.saturating_sub(unflushed) >= STALLED.as_millis() as u64)
+                    .then_some(unflushed)
             }
             _ => None,
         }
@@ -547,6 +629,7 @@ impl Registry {
             phase_since: AtomicU64::new(now),
             request_since: AtomicU64::new(now),
             written: AtomicU64::new(now),
+            unflushed_since: AtomicU64::new(NOTHING),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -599,6 +682,22 @@ impl Registry {
 struct Tracked {
     inner: TcpStream,
     slot: Arc<Slot>,
+    /// Its send buffer is set for streaming ([`STREAM_SEND_BUFFER`]).
+    streaming: bool,
+}
+
+impl Tracked {
+    /// Before the first write of a stream, bounds what the kernel holds for it.
+    fn before_write(&mut self) {
+        if !self.streaming && self.slot.phase.load(Ordering::Relaxed) == STREAMING {
+            self.streaming = true;
+            if let Err(e) =
+                socket2::SockRef::from(&self.inner).set_send_buffer_size(STREAM_SEND_BUFFER)
+            {
+                log::debug!("setting a stream's send buffer: {e}");
+            }
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -620,6 +719,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         self.slot.wrote(n);
         Poll::Ready(Ok(n))
@@ -630,6 +730,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
         self.slot.wrote(n);
         Poll::Ready(Ok(n))
@@ -687,7 +788,7 @@ impl RequestBody {
     }
 }
 
-impl Body for RequestBody {
+impl hyper::body::Body for RequestBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -715,13 +816,24 @@ impl Body for RequestBody {
     }
 }
 
-/// A response body that tells the slot when hyper has taken all of it.
+/// A response body that tells the slot when hyper has taken all of it, and, for a stream, when
+/// hyper takes each frame.
 struct ResponseBody {
-    inner: http_body_util::Full<Bytes>,
+    inner: Body,
     slot: Option<Arc<Slot>>,
 }
 
 impl ResponseBody {
+    fn new(inner: Body, slot: Arc<Slot>) -> ResponseBody {
+        if matches!(inner, Body::Stream(_)) {
+            slot.stream_started();
+        }
+        ResponseBody {
+            inner,
+            slot: Some(slot),
+        }
+    }
+
     fn done(&mut self) {
         if let Some(slot) = self.slot.take() {
             slot.response_built();
@@ -735,7 +847,7 @@ impl Drop for ResponseBody {
     }
 }
 
-impl Body for ResponseBody {
+impl hyper::body::Body for ResponseBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -743,7 +855,15 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match &mut self.inner {
+            Body::Full(full) => ready!(Pin::new(full).poll_frame(cx)),
+            Body::Stream(frames) => ready!(frames.poll_recv(cx)).map(|bytes| {
+                if let Some(slot) = &self.slot {
+                    slot.stream_frame();
+                }
+                Ok(Frame::data(bytes))
+            }),
+        };
         if frame.is_none() {
             self.done();
         }
@@ -751,11 +871,17 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Body::Full(full) => full.is_end_stream(),
+            Body::Stream(_) => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Body::Full(full) => full.size_hint(),
+            Body::Stream(_) => SizeHint::default(),
+        }
     }
 }
 
@@ -893,6 +1019,43 @@ mod tests {
             1024 - 128
         );
         assert_eq!(within_open_file_limit(l, Some(100)).max_connections, 16);
+    }
+
+    #[test]
+    fn a_stream_is_judged_by_whether_its_client_reads() {
+        let registry = Registry::new(Limits::default(), Arc::default());
+        let slot = admitted(registry.admit_at(ip("127.0.0.1"), NOW));
+        let l = Limits::default();
+        slot.request_started();
+        slot.stream_started();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), STREAMING);
+        // Nothing waits: no deadline within the request timeout, and not evictable.
+        let (deadline, reason) = slot.deadline(&l);
+        assert_eq!(reason, Closed::StreamStalled);
+        assert!(
+            deadline > slot.now_ms() + 60_000,
+            "a stream outlives REQUEST_TIMEOUT"
+        );
+        assert_eq!(slot.waiting_since(u64::MAX / 2), None);
+        // A frame taken and not flushed: the stall deadline runs from it.
+        slot.stream_frame();
+        let since = slot.unflushed_since.load(Ordering::Relaxed);
+        assert_eq!(slot.deadline(&l), (since + 5_000, Closed::StreamStalled));
+        // A second frame before the flush does not move it.
+        slot.stream_frame();
+        assert_eq!(slot.unflushed_since.load(Ordering::Relaxed), since);
+        assert_eq!(slot.waiting_since(since + 999), None, "not stalled yet");
+        assert_eq!(slot.waiting_since(since + 1_000), Some(since), "evictable");
+        // Flushed: the client keeps up.
+        slot.flushed();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), STREAMING);
+        assert_eq!(slot.waiting_since(since + 10_000), None);
+        assert!(slot.deadline(&l).0 > since + 60_000);
+        // The stream ends: its last bytes are sent like any response, then the connection idles.
+        slot.response_built();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), SENDING);
+        slot.flushed();
+        assert_eq!(slot.phase.load(Ordering::Relaxed), IDLE);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!
 //! - [`cli`] owns the flags (every one also reads a `STREAMPULSE_*` environment variable).
 //! - [`commands`] holds one module per subcommand: `run`, `generate`, `migrate`, `bench`.
-//! - [`api`] answers HTTP requests from the in-memory view; [`http`] is the hyper server and its
-//!   connection policy; [`assets`] is the dashboard, compiled into the binary.
+//! - [`api`] answers HTTP requests from the in-memory view and pushes its changes to the dashboard
+//!   (`api::push`, server-sent events); [`http`] is the hyper server and its connection policy;
+//!   [`assets`] is the dashboard, compiled into the binary.
 //! - [`sink`] decides what to commit and when, and what a failure means.
 //! - [`store`] connects to PostgreSQL and holds every statement: migrations, the table of truth,
 //!   resume, the sink's writes.

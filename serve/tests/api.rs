@@ -64,6 +64,9 @@ fn api_args(cors_origins: &[&str], ack_token: Option<&str>) -> ApiArgs {
         http_body_timeout: None,
         http_request_timeout: None,
         http_idle_timeout: None,
+        http_stream_stall: None,
+        push_max_streams: 256,
+        push_interval_ms: 250,
     }
 }
 
@@ -603,6 +606,7 @@ fn check_openapi(server: &Server) -> Value {
         "/api/alerts/{id}/ack",
         "/api/episodes",
         "/api/episodes/{id}/ack",
+        "/api/stream",
     ]);
     for route in &routes {
         assert!(

@@ -309,6 +309,48 @@ pub fn render(state: &State) -> String {
         }),
     );
 
+    let push = &state.push.stats;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    family(
+        &mut out,
+        "streampulse_push_streams",
+        "gauge",
+        "Push streams (/api/stream) open.",
+        one(state.push.open_streams()),
+    );
+    family(
+        &mut out,
+        "streampulse_push_frames_total",
+        "counter",
+        "Frames of changed panels sent on push streams (heartbeats not counted).",
+        one(load(&push.frames)),
+    );
+    family(
+        &mut out,
+        "streampulse_push_streams_opened_total",
+        "counter",
+        "Push streams opened, by start: fresh (no Last-Event-ID), resume (only what changed after the id), resync (an id of another boot or malformed: every panel).",
+        [
+            ("{start=\"fresh\"}".to_string(), load(&push.fresh)),
+            ("{start=\"resume\"}".to_string(), load(&push.resumed)),
+            ("{start=\"resync\"}".to_string(), load(&push.resynced)),
+        ],
+    );
+    family(
+        &mut out,
+        "streampulse_push_streams_refused_total",
+        "counter",
+        "Push streams turned away with 503 (--push-max-streams reached, or 0).",
+        one(load(&push.refused)),
+    );
+    family(
+        &mut out,
+        "streampulse_push_dropped_slow_total",
+        "counter",
+        "Push streams dropped because their client left a frame unread too long (it reconnects and resumes).",
+        one(state.connections.closed(crate::http::Closed::StreamStalled)),
+    );
+
     let routes = state.http.routes.lock().expect("metrics lock");
     family(
         &mut out,

@@ -42,6 +42,7 @@ mod tests {
             "/docs",
             "/",
             "/api/alerts/{id}/ack",
+            "/api/stream",
         ];
         let routes: Vec<&str> = ENDPOINTS.iter().map(|(p, _, _)| *p).chain(fixed).collect();
         for route in &routes {

@@ -105,6 +105,12 @@ export const ENDPOINTS = {
 
 export type Endpoint = keyof typeof ENDPOINTS;
 
+/**
+ * The push stream (server-sent events): one event per changed panel, named as in ENDPOINTS, whose
+ * data is the body that endpoint returns for the same query.
+ */
+export const STREAM = "api/stream";
+
 export interface Responses {
   realtime: Realtime;
   alerts: Alerts;

@@ -1,10 +1,15 @@
-// The polling loop: every `poll` milliseconds ask every endpoint, draw what came back, and
-// tell the reader, through the live indicator and the error banner, how fresh the page is.
+// How the page stays fresh: by push when it can, by polling when it cannot.
 //
-//   timer ─▶ 6 × fetch (in parallel) ─▶ render each success ─▶ banner + live indicator ─▶ timer
+//   EventSource /api/stream ──event per changed panel──▶ render ─▶ live indicator (data-mode="push")
+//        │ error, 503, old server
+//        ▼
+//   timer ─▶ 6 × fetch (in parallel) ─▶ render each success ─▶ banner + live indicator (data-mode="poll")
+//        └── meanwhile the stream is tried again; once it opens, polling stops
+//
+// `?push=0` polls only; `?poll=ms` sets the polling interval.
 
 import "./style.css";
-import { ApiError, ENDPOINTS, fetchEndpoint, type Endpoint } from "./api";
+import { ApiError, ENDPOINTS, fetchEndpoint, STREAM, type Endpoint, type Responses } from "./api";
 import { formatClock } from "./format";
 import { Dashboard } from "./render";
 
@@ -21,6 +26,9 @@ function pollInterval(): number {
 }
 
 const pollMs = pollInterval();
+const pushWanted = new URLSearchParams(window.location.search).get("push") !== "0";
+/** How long after a failed stream (503, an old server) the page tries it again, polling meanwhile. */
+const STREAM_RETRY_MS = 5000;
 // Long enough for a busy server, short enough that a hung one is reported within a few polls.
 const timeoutMs = Math.min(10_000, Math.max(4000, pollMs * 2));
 const endpoints = Object.keys(ENDPOINTS) as Endpoint[];
@@ -40,10 +48,20 @@ const bannerDetail = byTestId("error-detail");
 const dashboard = new Dashboard();
 
 const every = pollMs % 1000 === 0 ? `${pollMs / 1000} s` : `${pollMs} ms`;
-byTestId("poll-info").textContent = `Refreshing every ${every}`;
+const pollInfo = byTestId("poll-info");
 
 let lastSuccess: Date | null = null;
 let rounds = 0;
+/** How the page is fed right now: "push" while the stream is open, "poll" otherwise. */
+let mode: "push" | "poll" = "poll";
+let polling = false;
+let pushed = 0;
+
+function setMode(next: "push" | "poll"): void {
+  mode = next;
+  live.dataset.mode = next;
+  pollInfo.textContent = next === "push" ? "Updated as the data changes (push)" : `Refreshing every ${every}`;
+}
 
 async function poll(): Promise<void> {
   const results = await Promise.allSettled(endpoints.map((e) => fetchEndpoint(e, timeoutMs)));
@@ -80,7 +98,7 @@ function showStatus(errors: ApiError[]): void {
   }
   if (errors.length === 0) {
     live.dataset.state = "live";
-    liveLabel.textContent = "Live";
+    liveLabel.textContent = mode === "push" ? "Live · push" : "Live · polling";
     banner.hidden = true;
     return;
   }
@@ -97,7 +115,13 @@ function showStatus(errors: ApiError[]): void {
   banner.hidden = false;
 }
 
+/** Polls until the stream opens. */
 async function loop(): Promise<void> {
+  if (mode === "push") {
+    polling = false;
+    return;
+  }
+  polling = true;
   try {
     await poll();
   } catch (e) {
@@ -107,4 +131,63 @@ async function loop(): Promise<void> {
   window.setTimeout(() => void loop(), pollMs);
 }
 
-void loop();
+function startPolling(): void {
+  setMode("poll");
+  if (!polling) void loop();
+}
+
+/**
+ * Opens the stream. While it is open the page does not poll. When it fails, the page polls;
+ * EventSource retries by itself after a network error (sending Last-Event-ID, so the server sends
+ * only what changed), and the page opens a new one after an HTTP error, which EventSource does
+ * not retry, naming the last id in the URL.
+ */
+function openStream(lastEventId: string | null): void {
+  const url = lastEventId ? `${STREAM}?last_event_id=${encodeURIComponent(lastEventId)}` : STREAM;
+  const source = new EventSource(url);
+  let lastId = lastEventId;
+  source.onopen = () => {
+    setMode("push");
+    live.dataset.state = "live";
+    liveLabel.textContent = "Live · push";
+  };
+  for (const endpoint of endpoints) {
+    source.addEventListener(endpoint, (event: MessageEvent<string>) => {
+      lastId = event.lastEventId || lastId;
+      if (mode !== "push") setMode("push");
+      try {
+        dashboard.render(endpoint, JSON.parse(event.data) as Responses[typeof endpoint]);
+        dashboard.setPanelState(endpoint, "ready");
+      } catch (e) {
+        console.error(`rendering ${endpoint}`, e);
+        dashboard.setPanelState(endpoint, "stale");
+        showStatus([new ApiError(endpoint, `${endpoint}: could not draw the pushed data`, false)]);
+        return;
+      }
+      pushed += 1;
+      live.dataset.pushed = String(pushed);
+      lastSuccess = new Date();
+      showStatus([]);
+    });
+  }
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      source.close();
+      window.setTimeout(() => openStream(lastId), STREAM_RETRY_MS);
+    }
+    // Not live by push until the stream is open again: poll meanwhile (the rounds say whether
+    // the server is reachable at all).
+    if (mode === "push") {
+      live.dataset.state = "connecting";
+      liveLabel.textContent = "Reconnecting";
+    }
+    startPolling();
+  };
+}
+
+setMode("poll");
+if (pushWanted && typeof EventSource === "function") {
+  openStream(null);
+} else {
+  void loop();
+}

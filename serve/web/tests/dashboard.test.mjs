@@ -1,5 +1,7 @@
 // End-to-end tests of the dashboard: the real streampulse binary (its embedded bundle and live
 // API) driven by headless Chromium. Expected values always come from the API, never from here.
+// These pages poll (`?push=0`), so that each round's responses can be compared with the page;
+// push.test.mjs tests the page fed by the push stream.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -127,7 +129,7 @@ before(async () => {
   browser = await launchBrowser();
   page = await browser.context.newPage();
   watch(page);
-  await page.goto(`${server.base}/?poll=${POLL_MS}`);
+  await page.goto(`${server.base}/?push=0&poll=${POLL_MS}`);
   await waitLive();
 });
 
@@ -259,7 +261,7 @@ describe("the streampulse dashboard", { timeout: 180_000 }, () => {
     assert.ok(!Number.isNaN(parseNumber(changed.cards.downloads)));
   });
 
-  test("polls every 2 s by default and as often as ?poll= says", async () => {
+  test("with ?push=0, polls every 2 s by default and as often as ?poll= says", async () => {
     async function medianInterval(query, windowMs) {
       const p = await browser.context.newPage();
       const times = [];
@@ -273,9 +275,9 @@ describe("the streampulse dashboard", { timeout: 180_000 }, () => {
       assert.ok(gaps.length >= 2, `only ${times.length} requests with ${query || "no query"}`);
       return gaps[Math.floor(gaps.length / 2)];
     }
-    const byDefault = await medianInterval("", 7000);
+    const byDefault = await medianInterval("?push=0", 7000);
     assert.ok(byDefault >= 1900 && byDefault < 3000, `default interval ${byDefault} ms`);
-    const fast = await medianInterval("?poll=400", 3000);
+    const fast = await medianInterval("?push=0&poll=400", 3000);
     assert.ok(fast >= 380 && fast < 1200, `?poll=400 interval ${fast} ms`);
   });
 
@@ -307,7 +309,7 @@ describe("the streampulse dashboard", { timeout: 180_000 }, () => {
     watch(phone);
     try {
       await phone.setViewportSize({ width: 375, height: 800 });
-      await phone.goto(`${server.base}/?poll=${POLL_MS}`);
+      await phone.goto(`${server.base}/?push=0&poll=${POLL_MS}`);
       await waitLive(phone);
       await nextRound(phone);
       const layout = await phone.evaluate(() => {

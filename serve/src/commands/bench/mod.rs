@@ -3,12 +3,14 @@
 //!
 //! - [`dataflow`]: the dataflow beside a HashMap baseline (the `streampulse-benches` harness).
 //! - [`kafka`]: the Kafka path end to end (raw consume to PostgreSQL, latency at a rate).
+//! - [`push`]: event-to-dashboard latency by push beside polling.
 //! - [`ceiling`]: the HTTP server with a fixed-body handler, the ceiling that
 //!   `benches/api-load.sh` measures the API against.
 
 pub mod ceiling;
 pub mod dataflow;
 pub mod kafka;
+pub mod push;
 
 use std::io::Write;
 use std::path::Path;
@@ -39,6 +41,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Kafka(args) => kafka::run(args),
         BenchWhat::Dataflow(args) => dataflow::run(args),
+        BenchWhat::Push(args) => push::run(args),
         BenchWhat::HttpCeiling { http, body_bytes } => ceiling::run(http, body_bytes),
     }
 }
