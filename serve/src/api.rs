@@ -7,8 +7,8 @@
 //!   GET /api/stats/realtime?minutes   GET /api/stats/timeseries?minutes
 //!   GET /api/stats/trending?minutes&limit
 //!   GET /api/stats/regions?minutes    GET /api/stats/devices?minutes&limit
-//!   GET /metrics   GET /openapi.json   GET /docs   GET / and /assets/*   POST /api/alerts/{id}/ack
 //!   GET /api/stream?last_event_id&panels   (server-sent events: the dashboard's panels as they change)
+//!   GET /metrics   GET /openapi.json   GET /docs   GET / and /assets/*   POST /api/alerts/{id}/ack
 //! ```
 //!
 //! [`handle`] routes a request, then adds what every response carries: CORS headers
@@ -57,6 +57,8 @@ pub struct State {
     acks: ack::Acks,
     http: metrics::HttpMetrics,
     cache: cache::ResponseCache,
+    /// The push streams (`/api/stream`).
+    pub push: push::Push,
     /// The sink's commit counters, when PostgreSQL is configured.
     pub sink: Option<Arc<crate::sink::SinkStats>>,
     /// The Kafka topic's high watermarks per partition, refreshed in the background.
@@ -69,8 +71,6 @@ pub struct State {
     /// The HTTP server's connection policy (`http`), and what it counts.
     pub http_limits: Limits,
     pub connections: Arc<ConnectionStats>,
-    /// The push streams (`/api/stream`).
-    pub push: push::Push,
 }
 
 impl State {
@@ -91,16 +91,16 @@ impl State {
             acks: ack::Acks::new(db, args.ack_token.as_ref()),
             http: metrics::HttpMetrics::default(),
             cache: cache::ResponseCache::default(),
+            push: push::Push::new(
+                args.push_max_streams,
+                std::time::Duration::from_millis(args.push_interval_ms),
+            ),
             sink: None,
             high_watermarks: None,
             kafka: None,
             event_to_view: Arc::default(),
             http_limits: args.http_limits(),
             connections: Arc::default(),
-            push: push::Push::new(
-                args.push_max_streams,
-                std::time::Duration::from_millis(args.push_interval_ms),
-            ),
         }
     }
 }
@@ -340,7 +340,7 @@ async fn respond(
     Ok(reply)
 }
 
-/// A stats endpoint's body: from the cache when the view has not changed since it was computed,
+/// A stats endpoint's answer: from the cache when the view has not changed since it was computed,
 /// or when it was computed less than `cache::REUSE_FOR` ago (found without the view's lock).
 /// Without `reuse` it is computed from the view as it is now (and cached): what [`push`] renders
 /// once per interval for every stream, where an answer up to `REUSE_FOR` old would delay a change
