@@ -58,6 +58,8 @@ pub struct State {
     acks: ack::Acks,
     http: metrics::HttpMetrics,
     cache: cache::ResponseCache,
+    /// The push streams (`/api/stream`).
+    pub push: push::Push,
     /// The sink's commit counters, when PostgreSQL is configured.
     pub sink: Option<Arc<crate::sink::SinkStats>>,
     /// The Kafka topic's high watermarks per partition, refreshed in the background.
@@ -74,8 +76,6 @@ pub struct State {
     pub routes: Vec<crate::notify::Route>,
     /// The notifier's counters, when this process delivers notifications.
     pub notify: Option<Arc<crate::notify::NotifyStats>>,
-    /// The push streams (`/api/stream`).
-    pub push: push::Push,
 }
 
 impl State {
@@ -96,6 +96,10 @@ impl State {
             acks: ack::Acks::new(db, args.ack_token.as_ref()),
             http: metrics::HttpMetrics::default(),
             cache: cache::ResponseCache::default(),
+            push: push::Push::new(
+                args.push_max_streams,
+                std::time::Duration::from_millis(args.push_interval_ms),
+            ),
             sink: None,
             high_watermarks: None,
             kafka: None,
@@ -104,10 +108,6 @@ impl State {
             connections: Arc::default(),
             routes: Vec::new(),
             notify: None,
-            push: push::Push::new(
-                args.push_max_streams,
-                std::time::Duration::from_millis(args.push_interval_ms),
-            ),
         }
     }
 }
