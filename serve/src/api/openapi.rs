@@ -42,6 +42,8 @@ mod tests {
             "/docs",
             "/",
             "/api/alerts/{id}/ack",
+            "/api/episodes",
+            "/api/episodes/{id}/ack",
             "/api/stream",
         ];
         let routes: Vec<&str> = ENDPOINTS.iter().map(|(p, _, _)| *p).chain(fixed).collect();
