@@ -584,26 +584,7 @@ pub fn latency(
             }
             Ok(seen)
         });
-        let producer = Producer::new(&kafka).map_err(err)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let generator = Generator::new(bench.seed, Scenario::Clean, now_ms, rate);
-        let encoder = Encoder::new();
-        let mut sent = Vec::with_capacity(total as usize);
-        for i in 0..total {
-            // Event i is due at i / rate seconds; send it then (not before).
-            let due = i as f64 * 1000.0 / rate;
-            while ms() < due {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let event = generator.event(i);
-            producer
-                .send(&event.user_context.region, &encoder.encode(&event), None)
-                .map_err(err)?;
-            sent.push(ms());
-        }
-        producer.flush(Duration::from_secs(30)).map_err(err)?;
+        let sent = send_paced(&kafka, bench.seed, rate, total, &ms)?;
         // Wait until both sides have seen everything (at most 60 s more).
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -652,6 +633,38 @@ pub fn latency(
         )?);
     }
     Ok(out)
+}
+
+/// Writes `total` clean events of the seeded generator to `kafka`'s topic at `rate` per second of
+/// wall time (event `i` not before `i / rate` s, on the clock `ms`), stamped from now, and returns
+/// when each was handed to the producer (ms on that clock). Flushes before it returns.
+pub fn send_paced(
+    kafka: &KafkaConfig,
+    seed: u64,
+    rate: f64,
+    total: u64,
+    ms: &dyn Fn() -> f64,
+) -> Result<Vec<f64>, String> {
+    let producer = Producer::new(kafka).map_err(err)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let generator = Generator::new(seed, Scenario::Clean, now_ms, rate);
+    let encoder = Encoder::new();
+    let mut sent = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = i as f64 * 1000.0 / rate;
+        while ms() < due {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let event = generator.event(i);
+        producer
+            .send(&event.user_context.region, &encoder.encode(&event), None)
+            .map_err(err)?;
+        sent.push(ms());
+    }
+    producer.flush(Duration::from_secs(30)).map_err(err)?;
+    Ok(sent)
 }
 
 /// Per event, the first poll at which the count covered it, minus when it was sent.

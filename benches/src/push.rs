@@ -21,12 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use streampulse_ingest::avro::Encoder;
-use streampulse_ingest::kafka::Producer;
-use streampulse_ingest::{Generator, Scenario};
 
 use crate::kafka::{
-    config, err, percentiles, rand_suffix, KafkaBench, LatencyMeasurement, Run, Seen,
+    config, err, percentiles, rand_suffix, send_paced, KafkaBench, LatencyMeasurement, Run, Seen,
 };
 
 /// What to measure.
@@ -94,26 +91,7 @@ pub fn push_latency(
             }
             seen
         });
-        let producer = Producer::new(&client).map_err(err)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let generator = Generator::new(kafka.seed, Scenario::Clean, now_ms, bench.rate);
-        let encoder = Encoder::new();
-        let mut sent = Vec::with_capacity(total as usize);
-        for i in 0..total {
-            // Event i is due at i / rate seconds; send it then (not before).
-            let due = i as f64 * 1000.0 / bench.rate;
-            while ms() < due {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let event = generator.event(i);
-            producer
-                .send(&event.user_context.region, &encoder.encode(&event), None)
-                .map_err(err)?;
-            sent.push(ms());
-        }
-        producer.flush(Duration::from_secs(30)).map_err(err)?;
+        let sent = send_paced(&client, kafka.seed, bench.rate, total, &ms)?;
         // Until the view has everything, then one polling interval more for the polling client.
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline
