@@ -751,8 +751,10 @@ fn an_idle_process_does_not_hold_the_cluster_watermark() {
         }
         assert!(
             Instant::now() < deadline,
-            "the watermark is held at {watermark} (want ≥ {})",
-            last - 60_000
+            "the watermark is held at {watermark} (want ≥ {})\nprocess 0:\n{}\nprocess 1:\n{}",
+            last - 60_000,
+            first.log_tail(30),
+            second.log_tail(30)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
