@@ -170,12 +170,9 @@ impl Acks {
             ))
         })?;
         let Ok(_in_flight) = self.in_flight.try_acquire() else {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                format!("{MAX_IN_FLIGHT} acknowledgements are already in progress"),
-            )
-            .with_header(RETRY_AFTER, HeaderValue::from_static("1")));
+            return Err(too_many(format!(
+                "{MAX_IN_FLIGHT} acknowledgements are already in progress"
+            )));
         };
         let by = read_by(req.into_body()).await?;
         let failed = |e: DbError| match e {
@@ -241,12 +238,9 @@ impl Acks {
             ));
         };
         let Ok(_listing) = self.lists.try_acquire() else {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                format!("{MAX_LISTS} episode lists are already being read"),
-            )
-            .with_header(RETRY_AFTER, HeaderValue::from_static("1")));
+            return Err(too_many(format!(
+                "{MAX_LISTS} episode lists are already being read"
+            )));
         };
         let list = shared
             .with_client(|c| async move { episodes::list(&c, filter, limit).await })
@@ -479,6 +473,12 @@ fn too_slow(detail: String) -> ApiError {
 
 fn bad_body(detail: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_body", detail)
+}
+
+/// 429 with `Retry-After: 1`: the work of this kind already in progress is at its bound.
+fn too_many(detail: String) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", detail)
+        .with_header(RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 fn unavailable(detail: &str) -> ApiError {
