@@ -241,6 +241,7 @@ fn every_transition_reaches_a_flaky_receiver_once_per_key_across_kills() {
     // SIGKILL at random moments while it reads and notifies; restart each time.
     let mut seed = std::process::id() as u64;
     let mut killed_with_pending = 0;
+    let mut metrics_failed = 0.0;
     for round in 0..4 {
         let args = flags(&["--max-rate", "4000"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -255,6 +256,8 @@ fn every_transition_reaches_a_flaky_receiver_once_per_key_across_kills() {
             "round {round}: died by itself\n{}",
             run.log_tail(40)
         );
+        // Each process counts its own attempts: add them up over the runs.
+        metrics_failed += run.metric(FAILED_METRIC).unwrap_or(0.0);
         run.kill();
         let pending = pending(&schema.0);
         eprintln!(
@@ -283,9 +286,7 @@ fn every_transition_reaches_a_flaky_receiver_once_per_key_across_kills() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let health = run.health().expect("health answers");
-    let metrics_failed = run
-        .metric("streampulse_notifications_total{destination=\"webhook\",outcome=\"failed\"}")
-        .unwrap_or(0.0);
+    metrics_failed += run.metric(FAILED_METRIC).unwrap_or(0.0);
     run.kill();
     eprintln!(
         "kills with notifications pending: {killed_with_pending}; health: {}",
@@ -404,8 +405,19 @@ fn every_transition_reaches_a_flaky_receiver_once_per_key_across_kills() {
     assert!(retried > 0, "the receiver's failures caused retries");
     assert!(
         metrics_failed > 0.0,
-        "failed attempts are counted in /metrics"
+        "failed attempts are counted in /metrics (summed over the runs)"
     );
+    let (rows, attempts): (i64, i64) = {
+        let row = &query(
+            &mut client,
+            &format!(
+                "SELECT count(*), sum(attempts)::bigint FROM {}.notification_outbox",
+                schema.0
+            ),
+        )[0];
+        (row.get(0), row.get(1))
+    };
+    assert!(attempts > rows, "failed attempts are counted in the table");
     let mut first_body: BTreeMap<&str, &Value> = BTreeMap::new();
     for r in &receipts {
         let body = first_body.entry(&r.key).or_insert(&r.body);
@@ -433,6 +445,10 @@ fn every_transition_reaches_a_flaky_receiver_once_per_key_across_kills() {
         receipts.len()
     );
 }
+
+/// The notifier's count of failed attempts to the test's webhook, in `/metrics`.
+const FAILED_METRIC: &str =
+    "streampulse_notifications_total{destination=\"webhook\",outcome=\"failed\"}";
 
 /// Notifications not yet delivered (0 before the schema exists).
 fn pending(schema: &str) -> i64 {
