@@ -104,6 +104,15 @@ pub fn combine<'a>(
     late
 }
 
+/// What [`Ledger::expire`] lets go of.
+#[derive(Debug, Default, PartialEq)]
+pub struct Expiry {
+    /// Windows let go of now: no later change is fed to them.
+    pub expired: Vec<Window>,
+    /// Updates retracting the rows of windows let go of `hold` windows ago.
+    pub retractions: Vec<(WindowKey, Aggregate)>,
+}
+
 /// What this worker has fed into the dataflow, per window, so that retention can retract it.
 #[derive(Default)]
 pub struct Ledger {
@@ -123,31 +132,43 @@ impl Ledger {
         }
     }
 
-    /// Removes every window that ends at or before `horizon` and returns, per window, the updates
-    /// that retract what was fed for it.
-    pub fn expire(
-        &mut self,
-        horizon: i64,
-        window_ms: i64,
-    ) -> Vec<(Window, Vec<(WindowKey, Aggregate)>)> {
-        let mut expired = Vec::new();
+    /// Lets go of every window that ends at or before `horizon`: returns those newly let go (for
+    /// `Side::Expired`) and the updates that retract what was fed for windows that ended `hold`
+    /// windows before that. Holding a window's rows back while later windows still read it (a
+    /// baseline, a forecast, the sustained rule: [`crate::Config::reach`]) means that letting it go
+    /// changes nothing in a window still held; the retractions land once every window that reads
+    /// it has been let go too, when the sink no longer takes their derived changes.
+    pub fn expire(&mut self, horizon: i64, window_ms: i64, hold: u32) -> Expiry {
+        let before = self.expired_through;
+        let expired = self
+            .windows
+            .keys()
+            .take_while(|w| w.end(window_ms) <= horizon)
+            .filter(|w| before.is_none_or(|t| w.end(window_ms) > t))
+            .copied()
+            .collect();
+        let mut retractions = Vec::new();
+        let held = hold as i64 * window_ms;
         while let Some(entry) = self.windows.first_entry() {
-            if entry.key().end(window_ms) > horizon {
+            if entry.key().end(window_ms) + held > horizon {
                 break;
             }
             let window = *entry.key();
-            let retractions = entry
-                .remove()
-                .into_iter()
-                .filter(|(_, agg)| !agg.is_zero())
-                .map(|(key, agg)| (WindowKey { window, key }, agg.negated()))
-                .collect();
-            expired.push((window, retractions));
+            retractions.extend(
+                entry
+                    .remove()
+                    .into_iter()
+                    .filter(|(_, agg)| !agg.is_zero())
+                    .map(|(key, agg)| (WindowKey { window, key }, agg.negated())),
+            );
         }
-        if self.expired_through.is_none_or(|t| t < horizon) {
+        if before.is_none_or(|t| t < horizon) {
             self.expired_through = Some(horizon);
         }
-        expired
+        Expiry {
+            expired,
+            retractions,
+        }
     }
 
     /// Whether `window` was let go (or would have been, had it held anything).
@@ -211,24 +232,55 @@ mod tests {
         ledger.add(&row(0), &one);
         ledger.add(&row(0), &one);
         ledger.add(&row(60_000), &one);
-        assert!(ledger.expire(59_999, 60_000).is_empty());
+        assert_eq!(ledger.expire(59_999, 60_000, 0), Expiry::default());
         assert!(!ledger.has_expired(Window(0), 60_000));
-        let gone = ledger.expire(60_000, 60_000);
+        let gone = ledger.expire(60_000, 60_000, 0);
         assert_eq!(
             gone,
-            vec![(
-                Window(0),
-                vec![(
+            Expiry {
+                expired: vec![Window(0)],
+                retractions: vec![(
                     row(0),
                     Aggregate {
                         downloads: -2,
                         ..Default::default()
                     }
                 )]
-            )]
+            }
         );
         assert_eq!(ledger.windows(), 1);
         assert!(ledger.has_expired(Window(0), 60_000));
         assert!(!ledger.has_expired(Window(60_000), 60_000));
+    }
+
+    #[test]
+    fn ledger_holds_rows_back_while_later_windows_read_them() {
+        let mut ledger = Ledger::default();
+        let one = Aggregate {
+            downloads: 1,
+            ..Default::default()
+        };
+        for w in 0..4 {
+            ledger.add(
+                &WindowKey {
+                    window: Window(w * 60_000),
+                    key: Key::Total,
+                },
+                &one,
+            );
+        }
+        // Window 0 is let go of at once, but its rows stay while windows 1 and 2 read them.
+        let first = ledger.expire(60_000, 60_000, 2);
+        assert_eq!(first.expired, vec![Window(0)]);
+        assert!(first.retractions.is_empty());
+        assert!(ledger.has_expired(Window(0), 60_000));
+        // Each window is reported let go of once.
+        let second = ledger.expire(120_000, 60_000, 2);
+        assert_eq!(second.expired, vec![Window(60_000)]);
+        assert!(second.retractions.is_empty());
+        let third = ledger.expire(180_000, 60_000, 2);
+        assert_eq!(third.expired, vec![Window(120_000)]);
+        assert_eq!(third.retractions.len(), 1);
+        assert_eq!(third.retractions[0].0.window, Window(0));
     }
 }

@@ -1,6 +1,7 @@
 //! The knobs of the computation, with the defaults of SPEC §4.
 
 use crate::error::Error;
+use crate::forecast::Forecasts;
 use crate::rules::Rules;
 
 #[derive(Clone, Debug)]
@@ -16,6 +17,8 @@ pub struct Config {
     /// How many titles the per-window trending list keeps.
     pub top_k: usize,
     pub rules: Rules,
+    /// The trending forecasts (the rising list has `top_k` titles too).
+    pub forecasts: Forecasts,
 }
 
 impl Default for Config {
@@ -27,6 +30,7 @@ impl Default for Config {
             idle_timeout_ms: 30_000,
             top_k: 10,
             rules: Rules::default(),
+            forecasts: Forecasts::default(),
         }
     }
 }
@@ -58,7 +62,18 @@ impl Config {
         if self.top_k == 0 {
             return Err(Error::invalid("top_k", "top-k must be at least 1"));
         }
-        self.rules.validate()
+        self.rules.validate()?;
+        self.forecasts.validate()
+    }
+
+    /// How many windows after a window still read it (the sustained rule's run, a baseline, a
+    /// forecast's span): retention keeps a window's rows in the dataflow this much longer, so that
+    /// letting it go changes no window still held (see [`crate::batch::Ledger::expire`]).
+    pub fn reach(&self) -> u32 {
+        self.rules
+            .sustained_windows
+            .max(self.rules.baselines.windows)
+            .max(self.forecasts.windows)
     }
 }
 

@@ -185,15 +185,17 @@ pub fn run_worker(worker: &mut Worker, plan: &Plan, caller: &Caller, source: &mu
                 round += 1;
                 handle.advance_to(round);
             }
-            // Windows that ended `retain` before the global watermark leave memory; the sink is
-            // told which (Side::Expired, at the same epoch), so it keeps their stored rows.
+            // Windows that ended `retain` before the global watermark are let go of; the sink is
+            // told which (Side::Expired), so it keeps their stored rows. Their rows leave memory
+            // once the windows that read them (`reach`) have been let go of too.
             let frontier = probe.with_frontier(|f| f.first().copied());
             if let Some(watermark) = frontier.and_then(|f| marks.final_watermark(f)) {
                 let horizon = watermark - config.retain_ms;
-                for (window, retractions) in ledger.expire(horizon, config.window_ms) {
-                    for (row, agg) in retractions {
-                        input.update(row, agg);
-                    }
+                let expiry = ledger.expire(horizon, config.window_ms, config.reach());
+                for (row, agg) in expiry.retractions {
+                    input.update(row, agg);
+                }
+                for window in expiry.expired {
                     side.update(Side::Expired(window), 1);
                 }
             }

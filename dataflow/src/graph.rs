@@ -7,13 +7,24 @@
 //!    ├──────────────────────────────────────────────────────────────▶ stats deltas ─┐
 //!    └─ content & region rows ─ count_total ─┬─ content ─ reduce: top-K ──────────┤
 //!                                            ├─ content ─ count: unique titles ───┤ exchange
-//!                                            └─ region ── rules ─┬─ alerts ───────┤ to worker 0
-//!                                                                └─ reduce: sustained ┘ ─▶ Change buffer
+//!                                            ├─ region ── rules ─┬─ alerts ───────┤ to worker 0
+//!                                            │                   └─ reduce: sustained ┤ ─▶ Change buffer
+//!                                            ├─ region ── reduce: settled windows ─┐  │
+//!                                            ├─ region ── reduce: trails ── join ──┴─ baselines,
+//!                                            │                                        baseline alerts
+//!                                            └─ content ─ semijoin settled ─ reduce: forecast
+//!                                                                            ─ reduce: rising top-K
 //! ```
 //!
 //! The stats leave in diff space (the deltas themselves), so whoever reads them only adds. The derived
 //! collections need the accumulated sums as data, which `count_total` provides; they leave as rows
 //! with ±1. Everything is routed to worker 0, which hands it to the caller's channel.
+//!
+//! Baselines and forecasts read earlier windows: each region row is offered to the `windows` windows
+//! after it (a trail), each settled content row to the forecast span's windows after it, and a
+//! reduce per (region or title, window) sums or smooths what it was offered. Only *settled* windows
+//! are judged (see [`crate::baseline::settled`]): one reduce over the set of stream windows says
+//! which, and how many stream windows each baseline covers.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -29,7 +40,9 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
+use crate::baseline::{settled, Trail};
 use crate::config::Config;
+use crate::forecast::Forecast;
 use crate::marks::Mark;
 use crate::output::{Change, Derived, Side};
 use crate::rules::{Alert, Rule, Severity};
@@ -65,7 +78,11 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
     let top_k = config.top_k;
     let rules = config.rules.clone();
     let window_ms = config.window_ms;
+    let lateness_ms = config.lateness_ms;
     let sustained = config.rules.sustained_windows;
+    let trail_windows = config.rules.baselines.windows;
+    let span = config.forecasts.windows;
+    let forecasts = config.forecasts.clone();
 
     let (input, side, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, stats) = scope.new_collection::<WindowKey, Aggregate>();
@@ -104,12 +121,130 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             .map(|(_window, row)| row);
 
         let unique = content
+            .clone()
             .map(|(window, _)| window)
             .count()
             .map(|(window, count)| Derived::UniqueContent {
                 window,
                 count: count as i64,
             });
+
+        let regions = counted.clone().flat_map(|(row, agg)| match row.key {
+            Key::Region(region) => Some((row.window, region, agg)),
+            _ => None,
+        });
+
+        // Which stream windows are settled, and how many stream windows lie in each one's trail.
+        let settled_windows = regions
+            .clone()
+            .map(|(window, _, _)| ((), window))
+            .reduce(move |_, windows, out| {
+                let present: Vec<Window> = windows.iter().map(|(w, _)| **w).collect();
+                let Some(&newest) = present.last() else {
+                    return;
+                };
+                for (i, &window) in present.iter().enumerate() {
+                    if !settled(window, newest, window_ms, lateness_ms) {
+                        break;
+                    }
+                    let first = Window(window.0 - trail_windows as i64 * window_ms);
+                    let before = present[..i].iter().rev().take_while(|w| **w >= first);
+                    out.push(((window, before.count() as u32), 1isize));
+                }
+            })
+            .map(|((), frame)| frame);
+
+        // Each region's trail: its window (offset 0) and the `trail_windows` windows before.
+        let baselines = regions
+            .flat_map(move |(window, region, agg)| {
+                (0..=trail_windows).map(move |offset| {
+                    let target = Window(window.0 + offset as i64 * window_ms);
+                    ((target, region.clone()), (offset, agg))
+                })
+            })
+            .reduce(|_, offered, out| {
+                let mut trail = Trail::default();
+                let mut observed = Aggregate::default();
+                for ((offset, agg), _) in offered {
+                    if *offset == 0 {
+                        observed = *agg;
+                    } else {
+                        trail.add(agg);
+                    }
+                }
+                if trail.downloads > 0 {
+                    out.push(((trail, observed), 1isize));
+                }
+            })
+            .map(|((window, region), trail)| (window, (region, trail)))
+            .join_map(
+                settled_windows.clone(),
+                |window, (region, (trail, observed)), windows| {
+                    (*window, region.clone(), trail.baseline(*windows, *observed))
+                },
+            );
+        let judge = rules.clone();
+        let baseline_alerts = baselines
+            .clone()
+            .flat_map(move |(window, region, baseline)| {
+                judge
+                    .judge(&baseline)
+                    .into_iter()
+                    .map(|(rule, severity)| Alert {
+                        window,
+                        region: region.clone(),
+                        rule,
+                        severity,
+                        measure: baseline.observed,
+                        baseline: Some(baseline),
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let baselines = baselines.map(|(window, region, baseline)| Derived::Baseline {
+            window,
+            region,
+            baseline,
+        });
+
+        // Forecasts: each settled content row is offered to the span's windows from its own on;
+        // a title is forecast at a window where it had downloads.
+        let rising = content
+            .clone()
+            .semijoin(settled_windows.map(|(window, _)| window))
+            .flat_map(move |(window, (id, title, agg))| {
+                (0..span).map(move |offset| {
+                    let target = Window(window.0 + offset as i64 * window_ms);
+                    ((target, id.clone(), title.clone()), (offset, agg.downloads))
+                })
+            })
+            .reduce(move |_, offered, out| {
+                let mut history = vec![0i64; span as usize];
+                for ((offset, downloads), _) in offered {
+                    history[(span - 1 - offset) as usize] = *downloads;
+                }
+                if history[span as usize - 1] > 0 {
+                    out.push((Forecast::of(history, &forecasts), 1isize));
+                }
+            })
+            .map(|((window, id, title), forecast)| {
+                (
+                    window,
+                    (Reverse(forecast.rising_milli), id, title, forecast),
+                )
+            })
+            .reduce(move |window, ranked, out| {
+                for (rank, ((_, id, title, forecast), _)) in ranked.iter().take(top_k).enumerate() {
+                    let row = Derived::Rising {
+                        window: *window,
+                        rank: rank as u32 + 1,
+                        content_id: id.clone(),
+                        title: title.clone(),
+                        forecast: forecast.clone(),
+                    };
+                    out.push((row, 1isize));
+                }
+            })
+            .map(|(_window, row)| row);
 
         let alerts = counted.flat_map(move |(row, agg)| {
             let Key::Region(region) = row.key else {
@@ -124,6 +259,7 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                     rule,
                     severity,
                     measure: agg,
+                    baseline: None,
                 })
                 .collect()
         });
@@ -154,6 +290,7 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                         rule: Rule::SustainedErrorRate,
                         severity: Severity::Critical,
                         measure,
+                        baseline: None,
                     };
                     out.push((alert, 1isize));
                 }
@@ -163,7 +300,10 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
         let derived = top
             .concat(unique)
             .concat(alerts.map(Derived::Alert))
-            .concat(runs.map(Derived::Alert));
+            .concat(runs.map(Derived::Alert))
+            .concat(baseline_alerts.map(Derived::Alert))
+            .concat(baselines)
+            .concat(rising);
 
         let sink = output.clone();
         stats

@@ -25,7 +25,9 @@
 //!   type. [`batch`] turns a batch of records into pre-combined `(WindowKey, Aggregate)` updates and
 //!   keeps the ledger that retention retracts.
 //! - Domain rules. [`rules`]: the alert rules and their thresholds ([`Rules::threshold`]), the
-//!   stable alert id ([`Alert::id`]), the region health levels ([`Health`]).
+//!   stable alert id ([`Alert::id`]), the region health levels ([`Health`]). [`baseline`]: each
+//!   region's trailing [`Baseline`], its scores and the baseline rules' knobs. [`forecast`]: the
+//!   per-title [`Forecast`] and rising score behind the "rising" trending list.
 //! - The computation. [`graph`] builds the dataflow graph; [`driver`] drives it (feeding, stepping,
 //!   retention, output).
 //! - What comes out. [`output`]: [`Update`]s of [`Change`]s to stats, [`Derived`] rows and [`Side`]
@@ -33,10 +35,12 @@
 //! - Checking. [`oracle`] recomputes every collection from scratch, for tests to compare against.
 
 pub mod aggregate;
+pub mod baseline;
 pub mod batch;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod forecast;
 pub mod graph;
 pub mod marks;
 pub mod oracle;
@@ -47,9 +51,11 @@ pub mod view;
 pub mod window;
 
 pub use aggregate::{Aggregate, Key, WindowKey};
+pub use baseline::{Baseline, Baselines};
 pub use config::Config;
 pub use driver::{execute, run_worker};
 pub use error::Error;
+pub use forecast::{Forecast, Forecasts};
 pub use marks::Mark;
 pub use output::{Change, Derived, Sample, Side, Update};
 pub use rules::{Alert, Health, Rule, Rules, Severity};

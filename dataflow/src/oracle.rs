@@ -1,15 +1,22 @@
 //! A from-scratch recomputation of every maintained collection, written from the specification
 //! without the dataflow's code: one pass over the records, plain maps, then the derived rows.
 //! Tests compare the dataflow (and the PostgreSQL tables) against it.
+//!
+//! Baselines and forecasts are recomputed window by window from the final sums: which windows are
+//! settled, which windows a trail covers and what it adds up are worked out here again; only the
+//! formulas of a score or a forecast ([`Baseline`]'s methods, [`Forecast::of`], [`Rules::judge`]),
+//! which their modules test against hand-computed values, are shared.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use streampulse_ingest::{Event, Record};
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
+use crate::baseline::{settled, Baseline};
 use crate::config::Config;
+use crate::forecast::Forecast;
 use crate::output::Derived;
-use crate::rules::{Alert, Rule, Severity};
+use crate::rules::{Alert, Rule, Rules, Severity};
 use crate::window::Window;
 
 /// The recomputation, written from the specification without the dataflow's code.
@@ -113,6 +120,7 @@ pub fn recompute(records: &[Record], config: &Config) -> Oracle {
                         rule,
                         severity,
                         measure: *a,
+                        baseline: None,
                     }));
                 };
                 if a.failed as f64 / n > rules.error_rate {
@@ -160,6 +168,7 @@ pub fn recompute(records: &[Record], config: &Config) -> Oracle {
                 rule: Rule::SustainedErrorRate,
                 severity: Severity::Critical,
                 measure,
+                baseline: None,
             }));
         }
     }
@@ -180,5 +189,127 @@ pub fn recompute(records: &[Record], config: &Config) -> Oracle {
             });
         }
     }
+    baselines(&stats, config, &mut derived);
+    forecasts(&stats, config, &mut derived);
     Oracle { stats, derived }
+}
+
+/// Stream windows: windows in which some region had events, oldest first.
+fn stream_windows(stats: &BTreeMap<WindowKey, Aggregate>) -> Vec<Window> {
+    let windows: BTreeSet<Window> = stats
+        .iter()
+        .filter(|(row, a)| matches!(row.key, Key::Region(_)) && a.downloads > 0)
+        .map(|(row, _)| row.window)
+        .collect();
+    windows.into_iter().collect()
+}
+
+/// Every region's baseline in every settled stream window, and the baseline alerts.
+fn baselines(stats: &BTreeMap<WindowKey, Aggregate>, config: &Config, out: &mut BTreeSet<Derived>) {
+    let w = config.window_ms;
+    let n = config.rules.baselines.windows as i64;
+    let windows = stream_windows(stats);
+    let Some(&newest) = windows.last() else {
+        return;
+    };
+    let mut per_region: BTreeMap<&str, BTreeMap<i64, Aggregate>> = BTreeMap::new();
+    for (row, a) in stats {
+        if let Key::Region(region) = &row.key {
+            per_region
+                .entry(region)
+                .or_default()
+                .insert(row.window.0, *a);
+        }
+    }
+    for &window in windows
+        .iter()
+        .filter(|win| settled(**win, newest, w, config.lateness_ms))
+    {
+        let trail_start = window.0 - n * w;
+        let stream_in_trail = windows
+            .iter()
+            .filter(|s| s.0 >= trail_start && s.0 < window.0)
+            .count() as u32;
+        for (region, by_window) in &per_region {
+            let mut b = Baseline {
+                windows: stream_in_trail,
+                observed: by_window.get(&window.0).copied().unwrap_or_default(),
+                ..Baseline::default()
+            };
+            for back in 1..=n {
+                if let Some(a) = by_window.get(&(window.0 - back * w)) {
+                    b.downloads += a.downloads;
+                    b.downloads_sq += (a.downloads as i128).pow(2);
+                    b.failed += a.failed;
+                }
+            }
+            if b.downloads == 0 {
+                continue;
+            }
+            let rules: &Rules = &config.rules;
+            for (rule, severity) in rules.judge(&b) {
+                out.insert(Derived::Alert(Alert {
+                    window,
+                    region: region.to_string(),
+                    rule,
+                    severity,
+                    measure: b.observed,
+                    baseline: Some(b),
+                }));
+            }
+            out.insert(Derived::Baseline {
+                window,
+                region: region.to_string(),
+                baseline: b,
+            });
+        }
+    }
+}
+
+/// Every title's forecast at every settled window it had downloads in, and each window's rising
+/// list.
+fn forecasts(stats: &BTreeMap<WindowKey, Aggregate>, config: &Config, out: &mut BTreeSet<Derived>) {
+    let w = config.window_ms;
+    let span = config.forecasts.windows as i64;
+    let windows = stream_windows(stats);
+    let Some(&newest) = windows.last() else {
+        return;
+    };
+    let mut per_title: BTreeMap<(&str, &str), BTreeMap<i64, i64>> = BTreeMap::new();
+    for (row, a) in stats {
+        if let Key::Content { content_id, title } = &row.key {
+            per_title
+                .entry((content_id, title))
+                .or_default()
+                .insert(row.window.0, a.downloads);
+        }
+    }
+    for &window in windows
+        .iter()
+        .filter(|win| settled(**win, newest, w, config.lateness_ms))
+    {
+        let mut ranked = Vec::new();
+        for ((id, title), by_window) in &per_title {
+            if by_window.get(&window.0).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            let history = (0..span)
+                .rev()
+                .map(|back| by_window.get(&(window.0 - back * w)).copied().unwrap_or(0))
+                .collect();
+            let forecast = Forecast::of(history, &config.forecasts);
+            ranked.push((forecast.rising_milli, *id, *title, forecast));
+        }
+        // Highest rising score first; ties by content id, then title.
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (a.1, a.2).cmp(&(b.1, b.2))));
+        for (i, (_, id, title, forecast)) in ranked.into_iter().take(config.top_k).enumerate() {
+            out.insert(Derived::Rising {
+                window,
+                rank: i as u32 + 1,
+                content_id: id.to_string(),
+                title: title.to_string(),
+                forecast,
+            });
+        }
+    }
 }

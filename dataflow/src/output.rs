@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Every worker's output is routed to worker 0, which gathers it as [`Change`]s: stat deltas, rows
-//! of the derived collections ([`Derived`]: top-K, unique content, alerts) with ±1, and the side
+//! of the derived collections ([`Derived`]: top-K, unique content, alerts, baselines, the rising
+//! list) with ±1, and the side
 //! records ([`Side`]: positions, dead letters, expired windows, [`Sample`]s) that travel with the
 //! data. The driver sends them in [`Update`]s, together with how far they are complete. Two readers
 //! consume them: [`crate::view::View`] (the in-memory state the HTTP API reads) and the PostgreSQL
@@ -18,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use streampulse_ingest::DeadLetter;
 
 use crate::aggregate::{Aggregate, WindowKey};
+use crate::baseline::Baseline;
+use crate::forecast::Forecast;
 use crate::rules::Alert;
 use crate::window::{Time, Window};
 
@@ -38,12 +41,30 @@ pub enum Derived {
         count: i64,
     },
     Alert(Alert),
+    /// A region's trailing baseline in a settled window (see [`crate::baseline`]).
+    Baseline {
+        window: Window,
+        region: String,
+        baseline: Baseline,
+    },
+    /// Rank `rank` (from 1) of the window's "rising" list: titles by their forecast's rising score,
+    /// made at the end of the (settled) window for the next one (see [`crate::forecast`]).
+    Rising {
+        window: Window,
+        rank: u32,
+        content_id: String,
+        title: String,
+        forecast: Forecast,
+    },
 }
 
 impl Derived {
     pub fn window(&self) -> Window {
         match self {
-            Derived::Top { window, .. } | Derived::UniqueContent { window, .. } => *window,
+            Derived::Top { window, .. }
+            | Derived::UniqueContent { window, .. }
+            | Derived::Baseline { window, .. }
+            | Derived::Rising { window, .. } => *window,
             Derived::Alert(alert) => alert.window,
         }
     }

@@ -1,8 +1,9 @@
 //! The alert rules of SPEC §5 and their configurable thresholds, the stable id of an alert, and the
 //! health levels of a region.
 //!
-//! A rule looks at one region's [`Aggregate`] in one window (or, for the sustained rule, at a run of
-//! consecutive windows). Alerts are a maintained collection: on an open window an alert can appear and
+//! A fixed rule looks at one region's [`Aggregate`] in one window (or, for the sustained rule, at a
+//! run of consecutive windows). A baseline rule (`*_BASELINE`) compares the window with the region's
+//! own recent past, a [`Baseline`] the alert carries; its knobs are [`Rules::baselines`]. Alerts are a maintained collection: on an open window an alert can appear and
 //! clear again as counts change. An alert keeps one id ([`Alert::id`]) however often it comes and
 //! goes, which is how the stored alerts (and their acknowledgements) find it again. [`Health`] grades
 //! a region's success rate for the API.
@@ -10,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
+use crate::baseline::{Baseline, Baselines};
 use crate::error::Error;
 use crate::window::Window;
 
@@ -19,14 +21,20 @@ pub enum Rule {
     SustainedErrorRate,
     SlowDownloads,
     CdnFailure,
+    ErrorRateAboveBaseline,
+    TrafficBelowBaseline,
+    TrafficAboveBaseline,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 4] = [
+    pub const ALL: [Rule; 7] = [
         Rule::HighErrorRate,
         Rule::SustainedErrorRate,
         Rule::SlowDownloads,
         Rule::CdnFailure,
+        Rule::ErrorRateAboveBaseline,
+        Rule::TrafficBelowBaseline,
+        Rule::TrafficAboveBaseline,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,15 +43,34 @@ impl Rule {
             Rule::SustainedErrorRate => "SUSTAINED_ERROR_RATE",
             Rule::SlowDownloads => "SLOW_DOWNLOADS",
             Rule::CdnFailure => "CDN_FAILURE",
+            Rule::ErrorRateAboveBaseline => "ERROR_RATE_ABOVE_BASELINE",
+            Rule::TrafficBelowBaseline => "TRAFFIC_BELOW_BASELINE",
+            Rule::TrafficAboveBaseline => "TRAFFIC_ABOVE_BASELINE",
         }
+    }
+
+    /// Whether the rule compares a region with its own baseline (the alert carries it).
+    pub fn is_baseline(self) -> bool {
+        matches!(
+            self,
+            Rule::ErrorRateAboveBaseline | Rule::TrafficBelowBaseline | Rule::TrafficAboveBaseline
+        )
+    }
+
+    /// Whether a lower value of the rule's measure is worse (its peak is the minimum).
+    pub fn lowest_is_worst(self) -> bool {
+        matches!(self, Rule::SlowDownloads | Rule::TrafficBelowBaseline)
     }
 
     /// The name of the measure the rule compares with its threshold.
     pub fn metric_name(self) -> &'static str {
         match self {
-            Rule::HighErrorRate | Rule::SustainedErrorRate => "error_rate",
+            Rule::HighErrorRate | Rule::SustainedErrorRate | Rule::ErrorRateAboveBaseline => {
+                "error_rate"
+            }
             Rule::SlowDownloads => "avg_speed_mbps",
             Rule::CdnFailure => "cdn_timeout_rate",
+            Rule::TrafficBelowBaseline | Rule::TrafficAboveBaseline => "downloads",
         }
     }
 }
@@ -72,6 +99,8 @@ pub struct Alert {
     pub severity: Severity,
     /// The sums the rule looked at: the region's window, or for the sustained rule the whole run.
     pub measure: Aggregate,
+    /// For a baseline rule, the baseline the window was compared with (`observed` is `measure`).
+    pub baseline: Option<Baseline>,
 }
 
 impl Alert {
@@ -93,13 +122,32 @@ impl Alert {
         (hash & ((1 << 53) - 1)) as i64
     }
 
-    /// The value compared with the threshold (a rate, or a speed in Mbps).
+    /// The value compared with the threshold (a rate, a speed in Mbps, or downloads).
     pub fn metric_value(&self) -> f64 {
         match self.rule {
-            Rule::HighErrorRate | Rule::SustainedErrorRate => self.measure.failure_rate(),
+            Rule::HighErrorRate | Rule::SustainedErrorRate | Rule::ErrorRateAboveBaseline => {
+                self.measure.failure_rate()
+            }
             Rule::SlowDownloads => self.measure.avg_speed_mbps(),
             Rule::CdnFailure => self.measure.cdn_timeout_share(),
+            Rule::TrafficBelowBaseline | Rule::TrafficAboveBaseline => {
+                self.measure.downloads as f64
+            }
         }
+    }
+
+    /// What the value was compared with: the rule's threshold, or for a baseline rule the
+    /// baseline's own value of the measure (mean downloads, or the baseline error rate).
+    pub fn threshold(&self, rules: &Rules) -> f64 {
+        match &self.baseline {
+            Some(baseline) => baseline.values(self.rule).1,
+            None => rules.threshold(self.rule),
+        }
+    }
+
+    /// A baseline rule's score (how many spreads or standard errors from the baseline).
+    pub fn score(&self) -> Option<f64> {
+        self.baseline.map(|b| b.score(self.rule))
     }
 
     pub fn message(&self) -> String {
@@ -125,6 +173,25 @@ impl Alert {
                 v * 100.0,
                 self.region
             ),
+            Rule::ErrorRateAboveBaseline => format!(
+                "Download error rate in {} is {:.1}%, against {:.1}% in its recent windows (score {:.1})",
+                self.region,
+                v * 100.0,
+                self.baseline.map_or(0.0, |b| b.error_rate()) * 100.0,
+                self.score().unwrap_or(0.0)
+            ),
+            Rule::TrafficBelowBaseline if v == 0.0 => format!(
+                "{} is silent: no downloads, against {:.0} per window recently",
+                self.region,
+                self.baseline.map_or(0.0, |b| b.mean())
+            ),
+            Rule::TrafficBelowBaseline | Rule::TrafficAboveBaseline => format!(
+                "{} had {:.0} downloads, against {:.0} per window recently (score {:.1})",
+                self.region,
+                v,
+                self.baseline.map_or(0.0, |b| b.mean()),
+                self.score().unwrap_or(0.0)
+            ),
         }
     }
 }
@@ -144,6 +211,8 @@ pub struct Rules {
     pub slow_mbps: f64,
     /// CDN_FAILURE: `cdn_timeout` failures at least this share of downloads.
     pub cdn_share: f64,
+    /// The knobs of the baseline rules.
+    pub baselines: Baselines,
 }
 
 impl Default for Rules {
@@ -155,6 +224,7 @@ impl Default for Rules {
             sustained_windows: 3,
             slow_mbps: 15.0,
             cdn_share: 0.05,
+            baselines: Baselines::default(),
         }
     }
 }
@@ -189,17 +259,26 @@ impl Rules {
                 "slow threshold must not be negative",
             ));
         }
-        Ok(())
+        self.baselines.validate()
     }
 
     /// The threshold `rule` compares its measure ([`Alert::metric_value`]) with: a rate, or a speed
-    /// in Mbps.
+    /// in Mbps. A baseline rule's threshold is its score (each alert also carries the baseline
+    /// value it was compared with, [`Alert::threshold`]); TRAFFIC_BELOW_BASELINE's is negative.
     pub fn threshold(&self, rule: Rule) -> f64 {
         match rule {
             Rule::HighErrorRate | Rule::SustainedErrorRate => self.error_rate,
             Rule::SlowDownloads => self.slow_mbps,
             Rule::CdnFailure => self.cdn_share,
+            Rule::ErrorRateAboveBaseline => self.baselines.error_score,
+            Rule::TrafficBelowBaseline => -self.baselines.traffic_score,
+            Rule::TrafficAboveBaseline => self.baselines.traffic_score,
         }
+    }
+
+    /// The baseline rules that hold for a region's window against its baseline.
+    pub fn judge(&self, baseline: &Baseline) -> Vec<(Rule, Severity)> {
+        self.baselines.judge(baseline, self.min_downloads)
     }
 
     /// The single-window rules that hold for a region's sums.
@@ -300,6 +379,7 @@ mod tests {
 
     fn alert(rule: Rule, region: &str, start: i64) -> Alert {
         Alert {
+            baseline: None,
             window: Window(start),
             region: region.to_string(),
             rule,

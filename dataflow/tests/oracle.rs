@@ -235,11 +235,23 @@ fn each_scenario_raises_exactly_its_alerts() {
         10_000,
     );
     let raised = alerts(&outage.view);
+    // The outage is also far above London's own baseline from the first window that has a
+    // baseline long enough to judge (the fault starts earlier), until the baseline absorbs it.
+    let judged = Window(START + config.rules.baselines.min_windows as i64 * w);
+    assert!(judged > inside[0] && judged <= inside[inside.len() - 1]);
+    assert!(raised.contains(&(
+        Rule::ErrorRateAboveBaseline,
+        "EU-London".to_string(),
+        judged
+    )));
     for (rule, region, window) in &raised {
         assert_eq!(region, "EU-London");
         assert!(matches!(
             rule,
-            Rule::HighErrorRate | Rule::CdnFailure | Rule::SustainedErrorRate
+            Rule::HighErrorRate
+                | Rule::CdnFailure
+                | Rule::SustainedErrorRate
+                | Rule::ErrorRateAboveBaseline
         ));
         assert!(
             window.0 >= inside[0].0 && window.0 <= inside.last().unwrap().0 + w,

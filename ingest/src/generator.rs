@@ -11,8 +11,19 @@
 //! [`DISORDER_MS`] (out of order but on time), and 0.5% of events arrive 6–40 s behind (late for the
 //! default 5 s lateness). No event is stamped before the start.
 //!
-//! A [`Scenario`] injects a fault into one region for the span [`FAULT_START_MIN`, `FAULT_END_MIN`)
-//! minutes after the start, so that tests know which windows must alert.
+//! A [`Scenario`] injects a fault for its span ([`Scenario::span`]) of minutes after the start, so
+//! that tests know which windows must alert. `cdn-outage` and `slow-downloads` degrade one region's
+//! downloads from minute [`FAULT_START_MIN`] to [`FAULT_END_MIN`]. Three more exercise baselines
+//! and forecasts, from minute [`LATE_FAULT_START_MIN`] to [`LATE_FAULT_END_MIN`] (late enough that a
+//! region's baseline has ten windows before the fault), and judge the span by an
+//! event's timestamp (its event time): `region-silent` sends nothing from US-NewYork (its events go
+//! to the other regions, so the total rate holds); `slow-degradation` raises US-Texas's failure rate
+//! each minute, from the normal 5% in the span's first minute to 45% in its last; `viral-title`
+//! makes the long-tail song `mus_0152` ("Pop #153") grow from 0.2% of all downloads, doubling every
+//! minute up to 30% (the top title from the span's seventh or eighth minute on), then decay at the
+//! same pace.
+//! The random draws only these three make come from a second stream per event, so the other
+//! scenarios' streams stay as they were and these differ from `clean` only where the fault acts.
 //!
 //! [`v2_fields`] invents the fields schema v2 added (`download.cdn_node`, `app_version`,
 //! `retry_count`) for an event, which carries only v1's: the Confluent encoder writes them when a
@@ -31,6 +42,23 @@ pub const LATE_SHARE: f64 = 0.005;
 pub const FAULT_START_MIN: i64 = 3;
 /// … until this many.
 pub const FAULT_END_MIN: i64 = 9;
+/// The newer scenarios (`region-silent`, `slow-degradation`, `viral-title`) fault from this minute …
+pub const LATE_FAULT_START_MIN: i64 = 15;
+/// … until this one.
+pub const LATE_FAULT_END_MIN: i64 = 25;
+
+/// Share of events that fail outside any fault.
+const FAILURE_SHARE: f64 = 0.05;
+/// `slow-degradation`'s failure share in the last minute of the span.
+const DEGRADED_FAILURE_SHARE: f64 = 0.45;
+/// The long-tail title that goes viral in `viral-title`.
+const VIRAL_CONTENT_ID: &str = "mus_0152";
+/// `viral-title`'s share of all downloads at the start of the span …
+const VIRAL_START_SHARE: f64 = 0.002;
+/// … which doubles this often …
+const VIRAL_DOUBLING_MS: f64 = 60_000.0;
+/// … up to this share.
+const VIRAL_CAP_SHARE: f64 = 0.30;
 
 /// A named fault injected into the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,13 +69,22 @@ pub enum Scenario {
     CdnOutage,
     /// ASIA-Tokyo is congested: successful downloads crawl at 2–10 Mbps.
     SlowDownloads,
+    /// US-NewYork goes silent: no events at all; its traffic goes to the other regions.
+    RegionSilent,
+    /// US-Texas fails more each minute: from the normal 5% up to 45% in the span's last minute.
+    SlowDegradation,
+    /// A long-tail title ([`Scenario::content_id`]) grows exponentially to 30% of all downloads.
+    ViralTitle,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Clean,
         Scenario::CdnOutage,
         Scenario::SlowDownloads,
+        Scenario::RegionSilent,
+        Scenario::SlowDegradation,
+        Scenario::ViralTitle,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,16 +92,38 @@ impl Scenario {
             Scenario::Clean => "clean",
             Scenario::CdnOutage => "cdn-outage",
             Scenario::SlowDownloads => "slow-downloads",
+            Scenario::RegionSilent => "region-silent",
+            Scenario::SlowDegradation => "slow-degradation",
+            Scenario::ViralTitle => "viral-title",
         }
     }
 
     /// The region this scenario degrades, if any.
     pub fn region(self) -> Option<&'static str> {
         match self {
-            Scenario::Clean => None,
+            Scenario::Clean | Scenario::ViralTitle => None,
             Scenario::CdnOutage => Some("EU-London"),
             Scenario::SlowDownloads => Some("ASIA-Tokyo"),
+            Scenario::RegionSilent => Some("US-NewYork"),
+            Scenario::SlowDegradation => Some("US-Texas"),
         }
+    }
+
+    /// The minutes after the start during which the fault acts (the end excluded).
+    pub fn span(self) -> std::ops::Range<i64> {
+        match self {
+            Scenario::Clean | Scenario::CdnOutage | Scenario::SlowDownloads => {
+                FAULT_START_MIN..FAULT_END_MIN
+            }
+            Scenario::RegionSilent | Scenario::SlowDegradation | Scenario::ViralTitle => {
+                LATE_FAULT_START_MIN..LATE_FAULT_END_MIN
+            }
+        }
+    }
+
+    /// The `content_id` of the title this scenario makes viral, if any.
+    pub fn content_id(self) -> Option<&'static str> {
+        (self == Scenario::ViralTitle).then_some(VIRAL_CONTENT_ID)
     }
 }
 
@@ -259,6 +318,10 @@ pub struct Generator {
     catalog: Vec<Title>,
     catalog_weights: Vec<f64>,
     region_weights: Vec<f64>,
+    /// The region weights without the scenario's region: where `region-silent` sends its traffic.
+    other_region_weights: Vec<f64>,
+    /// The catalog index of [`VIRAL_CONTENT_ID`].
+    viral: usize,
     device_weights: Vec<f64>,
     error_weights: Vec<f64>,
 }
@@ -297,6 +360,17 @@ impl Generator {
                 40.0 / (rank - HITS.len() + 5) as f64
             }
         }));
+        let viral = catalog
+            .iter()
+            .position(|t| t.id == VIRAL_CONTENT_ID)
+            .expect("the viral title is in the catalog");
+        let other_regions = REGIONS.iter().map(|r| {
+            if Some(r.0) == scenario.region() {
+                0.0
+            } else {
+                r.2
+            }
+        });
         Generator {
             seed,
             scenario,
@@ -304,7 +378,9 @@ impl Generator {
             ms_per_event: 1000.0 / rate,
             catalog,
             catalog_weights,
+            viral,
             region_weights: cumulative(REGIONS.iter().map(|r| r.2)),
+            other_region_weights: cumulative(other_regions),
             device_weights: cumulative(DEVICES.iter().map(|d| d.2)),
             error_weights: cumulative(ERRORS.iter().map(|e| e.2)),
         }
@@ -330,12 +406,44 @@ impl Generator {
     /// Whether the scenario's fault is active at `ms`.
     pub fn fault_active(&self, ms: i64) -> bool {
         let minute = (ms - self.start_ms).div_euclid(60_000);
-        self.scenario != Scenario::Clean && (FAULT_START_MIN..FAULT_END_MIN).contains(&minute)
+        self.scenario != Scenario::Clean && self.scenario.span().contains(&minute)
+    }
+
+    /// `slow-degradation`'s failure share in its region at `ms`, within the span: the normal share in
+    /// the span's first minute, rising by equal steps each minute to the peak in its last.
+    fn degraded_failure_share(&self, ms: i64) -> f64 {
+        let minute = (ms - self.start_ms).div_euclid(60_000);
+        let span = self.scenario.span();
+        let progress = (minute - span.start) as f64 / (span.end - span.start - 1) as f64;
+        FAILURE_SHARE + (DEGRADED_FAILURE_SHARE - FAILURE_SHARE) * progress
+    }
+
+    /// `viral-title`'s share of all downloads at `ms`: exponential growth from the span's start up to
+    /// the cap, then decay at the same pace from its end, until below the starting share.
+    fn viral_share(&self, ms: i64) -> f64 {
+        let doublings = |min: i64| (ms - self.start_ms - min * 60_000) as f64 / VIRAL_DOUBLING_MS;
+        let span = self.scenario.span();
+        let (rise, fall) = (doublings(span.start), doublings(span.end));
+        let share = if rise < 0.0 {
+            0.0
+        } else if fall < 0.0 {
+            (VIRAL_START_SHARE * rise.exp2()).min(VIRAL_CAP_SHARE)
+        } else {
+            VIRAL_CAP_SHARE * (-fall).exp2()
+        };
+        if share < VIRAL_START_SHARE {
+            0.0
+        } else {
+            share
+        }
     }
 
     /// Event number `i` of the stream.
     pub fn event(&self, i: u64) -> Event {
-        let mut rng = Rng::new(self.seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let stream = self.seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        let mut rng = Rng::new(stream);
+        // The draws only the newer scenarios make: a separate stream leaves `rng`'s sequence alone.
+        let mut side = Rng::new(stream ^ 0x5CE7_A210_0B1D_E5A5);
         rng.next_u64();
 
         let nominal = self.nominal_time(i);
@@ -346,15 +454,30 @@ impl Generator {
         }
         .max(self.start_ms); // the stream begins at its start: no stragglers before it
 
-        let title = &self.catalog[rng.weighted(&self.catalog_weights)];
-        let (region, cities, _) = REGIONS[rng.weighted(&self.region_weights)];
+        let mut title = &self.catalog[rng.weighted(&self.catalog_weights)];
+        if self.scenario == Scenario::ViralTitle && side.unit() < self.viral_share(timestamp) {
+            title = &self.catalog[self.viral];
+        }
+        let mut region_index = rng.weighted(&self.region_weights);
+        let fault_here =
+            |region: &str| self.fault_active(timestamp) && self.scenario.region() == Some(region);
+        if self.scenario == Scenario::RegionSilent && fault_here(REGIONS[region_index].0) {
+            region_index = side.weighted(&self.other_region_weights);
+        }
+        let (region, cities, _) = REGIONS[region_index];
         let city = cities[rng.range(0, cities.len() as i64 - 1) as usize];
         let (device, oses, _) = DEVICES[rng.weighted(&self.device_weights)];
         let os_version = oses[rng.range(0, oses.len() as i64 - 1) as usize];
         let connection_type = CONNECTIONS[rng.range(0, 3) as usize];
 
         let faulty = self.fault_active(nominal) && self.scenario.region() == Some(region);
-        let download = self.download(&mut rng, title.size_mb, faulty);
+        // slow-degradation also fails enough of the events that would not fail anyway to bring its
+        // region's failure share up to the minute's target.
+        let must_fail = self.scenario == Scenario::SlowDegradation && fault_here(region) && {
+            let share = self.degraded_failure_share(timestamp);
+            side.unit() < 1.0 - (1.0 - share) / (1.0 - FAILURE_SHARE)
+        };
+        let download = self.download(&mut rng, title.size_mb, faulty, must_fail);
 
         Event {
             event_id: format!("{:016x}-{:08x}", self.seed, i),
@@ -379,7 +502,7 @@ impl Generator {
         }
     }
 
-    fn download(&self, rng: &mut Rng, size_mb: i32, faulty: bool) -> Download {
+    fn download(&self, rng: &mut Rng, size_mb: i32, faulty: bool, must_fail: bool) -> Download {
         let roll = rng.unit();
         let failure = |rng: &mut Rng, code: usize| {
             let (code, message, _) = ERRORS[code];
@@ -394,7 +517,7 @@ impl Generator {
         if faulty && self.scenario == Scenario::CdnOutage && roll < 0.35 {
             return failure(rng, 0);
         }
-        if roll < 0.05 {
+        if roll < FAILURE_SHARE || must_fail {
             let code = rng.weighted(&self.error_weights);
             return failure(rng, code);
         }
@@ -484,6 +607,40 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// FNV-1a over the `Debug` form of events `0..n`: a fingerprint of the whole stream.
+    fn digest(g: &Generator, n: u64) -> u64 {
+        (0..n).fold(0xcbf2_9ce4_8422_2325u64, |h, i| {
+            format!("{:?}", g.event(i))
+                .bytes()
+                .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+        })
+    }
+
+    /// The existing scenarios' streams are pinned: 20,000 events at 20/s run past the fault span, so
+    /// a change to any draw (even one made only inside the span) shows up here.
+    #[test]
+    fn existing_scenarios_are_unchanged() {
+        let pinned = [
+            (7, Scenario::Clean, 0xad94bbcbf26763bb),
+            (7, Scenario::CdnOutage, 0x79a5ea6f78a5714d),
+            (7, Scenario::SlowDownloads, 0xfd34bc78c3e90360),
+            (42, Scenario::Clean, 0xef2076d77077cd6d),
+            (42, Scenario::CdnOutage, 0xd9e45a7cc00c0d0b),
+            (42, Scenario::SlowDownloads, 0x9a70de081d978ac1),
+        ];
+        let got: Vec<_> = pinned
+            .iter()
+            .map(|&(seed, scenario, _)| {
+                let g = Generator::new(seed, scenario, 1_700_000_000_000, 20.0);
+                (seed, scenario, digest(&g, 20_000))
+            })
+            .collect();
+        for (seed, scenario, digest) in &got {
+            println!("({seed}, Scenario::{scenario:?}, {digest:#018x}),");
+        }
+        assert_eq!(got, pinned);
+    }
+
     #[test]
     fn deterministic_per_index() {
         let a = Generator::new(42, Scenario::Clean, 1_000_000, 50.0);
@@ -544,6 +701,171 @@ mod tests {
         }
         assert!(inside.1 as f64 / inside.0 as f64 > 0.3);
         assert!((outside.1 as f64 / outside.0 as f64) < 0.02);
+    }
+
+    const START: i64 = 1_700_000_000_000;
+
+    /// The events of `g` by the minute of their timestamp, for its first `minutes` minutes.
+    fn by_minute(g: &Generator, minutes: i64) -> Vec<Vec<Event>> {
+        let mut out = vec![Vec::new(); minutes as usize];
+        // A minute more of the stream: its late events land in the last minute.
+        for i in 0..g.index_at(START + (minutes + 1) * 60_000) {
+            let e = g.event(i);
+            let minute = (e.timestamp - START) / 60_000;
+            if minute < minutes {
+                out[minute as usize].push(e);
+            }
+        }
+        out
+    }
+
+    /// Minutes of stream the tests of the newer scenarios look at: the span and a few after.
+    const MINUTES: i64 = LATE_FAULT_END_MIN + 6;
+
+    fn in_span(minute: usize) -> bool {
+        (LATE_FAULT_START_MIN..LATE_FAULT_END_MIN).contains(&(minute as i64))
+    }
+
+    #[test]
+    fn new_scenarios_are_deterministic_and_only_change_their_fault() {
+        let clean = Generator::new(7, Scenario::Clean, START, 50.0);
+        for scenario in [
+            Scenario::RegionSilent,
+            Scenario::SlowDegradation,
+            Scenario::ViralTitle,
+        ] {
+            let (a, b) = (
+                Generator::new(7, scenario, START, 50.0),
+                Generator::new(7, scenario, START, 50.0),
+            );
+            let mut changed = 0;
+            for i in 0..a.index_at(START + MINUTES * 60_000) {
+                let (e, c) = (a.event(i), clean.event(i));
+                assert_eq!(e, b.event(i), "{scenario} event {i}");
+                assert_eq!(e.timestamp, c.timestamp, "{scenario} event {i}");
+                let minute = (e.timestamp - START) / 60_000;
+                // The viral title decays after the span; the regional faults stop at its end.
+                let after = minute >= LATE_FAULT_END_MIN && scenario != Scenario::ViralTitle;
+                if minute < LATE_FAULT_START_MIN || after {
+                    assert_eq!(e, c, "{scenario} event {i} is outside the fault");
+                }
+                changed += usize::from(e != c);
+            }
+            assert!(changed > 100, "{scenario} changed {changed} events");
+        }
+    }
+
+    #[test]
+    fn region_silent_sends_nothing_from_its_region_in_the_span() {
+        let g = Generator::new(7, Scenario::RegionSilent, START, 50.0);
+        let region = Scenario::RegionSilent.region().unwrap();
+        for (minute, events) in by_minute(&g, MINUTES).iter().enumerate() {
+            let silent = events
+                .iter()
+                .filter(|e| e.user_context.region == region)
+                .count();
+            println!(
+                "minute {minute}: {silent} of {} events from {region}",
+                events.len()
+            );
+            if in_span(minute) {
+                assert_eq!(silent, 0, "minute {minute}");
+                // The others carry its traffic: the total rate holds.
+                assert!((2_900..3_100).contains(&events.len()), "minute {minute}");
+            } else {
+                let share = silent as f64 / events.len() as f64;
+                assert!((0.10..0.14).contains(&share), "minute {minute}: {share}");
+            }
+        }
+    }
+
+    #[test]
+    fn slow_degradation_fails_more_each_minute() {
+        let g = Generator::new(7, Scenario::SlowDegradation, START, 50.0);
+        let region = Scenario::SlowDegradation.region().unwrap();
+        let mut codes: HashMap<String, usize> = HashMap::new();
+        let rates: Vec<f64> = by_minute(&g, MINUTES)
+            .iter()
+            .enumerate()
+            .map(|(minute, events)| {
+                let here: Vec<_> = events
+                    .iter()
+                    .filter(|e| e.user_context.region == region)
+                    .collect();
+                let failed: Vec<_> = here
+                    .iter()
+                    .filter(|e| e.outcome() == Some(Outcome::Failed))
+                    .collect();
+                if in_span(minute) {
+                    for e in &failed {
+                        *codes
+                            .entry(e.download.error_code.clone().unwrap())
+                            .or_default() += 1;
+                    }
+                }
+                failed.len() as f64 / here.len() as f64
+            })
+            .collect();
+        println!("failure rate by minute in {region}: {rates:.3?}; codes in the span {codes:?}");
+        let (first, last) = (LATE_FAULT_START_MIN as usize, LATE_FAULT_END_MIN as usize);
+        let early = (rates[first] + rates[first + 1]) / 2.0;
+        let late = (rates[last - 2] + rates[last - 1]) / 2.0;
+        assert!(late - early >= 0.20, "{rates:?}");
+        assert!((0.38..0.52).contains(&rates[last - 1]), "{rates:?}");
+        for (minute, rate) in rates.iter().enumerate() {
+            if !in_span(minute) {
+                assert!(*rate < 0.09, "minute {minute}: {rate}");
+            }
+        }
+        // The usual mix of error codes, scaled up.
+        assert_eq!(codes.len(), ERRORS.len(), "{codes:?}");
+        assert!(
+            codes.values().max() == codes.get("network_error"),
+            "{codes:?}"
+        );
+    }
+
+    #[test]
+    fn viral_title_rises_to_the_top() {
+        let viral = Scenario::ViralTitle.content_id().unwrap();
+        for rate in [20.0, 50.0, 200.0] {
+            let g = Generator::new(7, Scenario::ViralTitle, START, rate);
+            let mut first_top = None;
+            for (minute, events) in by_minute(&g, MINUTES).iter().enumerate() {
+                let mut downloads: HashMap<&str, usize> = HashMap::new();
+                for e in events {
+                    *downloads.entry(&e.content.content_id).or_default() += 1;
+                }
+                let count = downloads.get(viral).copied().unwrap_or(0);
+                let best_other = downloads
+                    .iter()
+                    .filter(|&(&id, _)| id != viral)
+                    .map(|(_, &n)| n)
+                    .max()
+                    .unwrap();
+                let top = count > best_other;
+                if rate == 50.0 {
+                    println!("minute {minute}: {viral} {count}, best other {best_other}");
+                }
+                if top && first_top.is_none() {
+                    first_top = Some(minute);
+                }
+                let minute = minute as i64;
+                if !(LATE_FAULT_START_MIN + 5..LATE_FAULT_END_MIN + 2).contains(&minute) {
+                    assert!(
+                        !top,
+                        "rate {rate}, minute {minute}: {count} vs {best_other}"
+                    );
+                }
+                if minute >= LATE_FAULT_END_MIN + 5 {
+                    assert!(count * 50 < events.len(), "decayed: {count}");
+                }
+                if (LATE_FAULT_END_MIN - 3..LATE_FAULT_END_MIN).contains(&minute) {
+                    assert!(count > best_other * 3 / 2, "rate {rate}, minute {minute}");
+                }
+            }
+            println!("rate {rate}: {viral} first ranks #1 in minute {first_top:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use streampulse_dataflow::{Config, Rules};
+use streampulse_dataflow::{Baselines, Config, Forecasts, Rules};
 use streampulse_ingest::Scenario;
 
 #[derive(Parser, Debug)]
@@ -380,6 +380,43 @@ pub struct DataflowArgs {
     /// CDN_FAILURE: cdn_timeout failures at least this share of downloads.
     #[arg(long, env = "STREAMPULSE_ALERT_CDN_SHARE", default_value_t = 0.05)]
     pub alert_cdn_share: f64,
+    /// Baseline rules: how many windows before a window its region's baseline covers.
+    #[arg(long, env = "STREAMPULSE_BASELINE_WINDOWS", default_value_t = 10)]
+    pub baseline_windows: u32,
+    /// Baseline rules: no judgement until a baseline holds this many windows with events.
+    #[arg(long, env = "STREAMPULSE_BASELINE_MIN_WINDOWS", default_value_t = 5)]
+    pub baseline_min_windows: u32,
+    /// Baseline rules: no judgement while a region's mean downloads per window are below this.
+    #[arg(long, env = "STREAMPULSE_BASELINE_MIN_MEAN", default_value_t = 10.0)]
+    pub baseline_min_mean: f64,
+    /// TRAFFIC_BELOW/ABOVE_BASELINE: the traffic score (spreads from the mean) to reach.
+    #[arg(
+        long,
+        env = "STREAMPULSE_BASELINE_TRAFFIC_SCORE",
+        default_value_t = 4.0
+    )]
+    pub baseline_traffic_score: f64,
+    /// TRAFFIC_BELOW_BASELINE: downloads must also have dropped by at least this share of the mean.
+    #[arg(long, env = "STREAMPULSE_BASELINE_TRAFFIC_DROP", default_value_t = 0.5)]
+    pub baseline_traffic_drop: f64,
+    /// TRAFFIC_ABOVE_BASELINE: downloads must also exceed the mean by at least this share of it.
+    #[arg(long, env = "STREAMPULSE_BASELINE_TRAFFIC_RISE", default_value_t = 1.0)]
+    pub baseline_traffic_rise: f64,
+    /// ERROR_RATE_ABOVE_BASELINE: the error score (standard errors above the baseline) to reach.
+    #[arg(long, env = "STREAMPULSE_BASELINE_ERROR_SCORE", default_value_t = 5.0)]
+    pub baseline_error_score: f64,
+    /// ERROR_RATE_ABOVE_BASELINE: the error rate must also exceed the baseline's by this much.
+    #[arg(long, env = "STREAMPULSE_BASELINE_ERROR_RISE", default_value_t = 0.05)]
+    pub baseline_error_rise: f64,
+    /// Trending forecasts: how many windows a title's forecast looks at.
+    #[arg(long, env = "STREAMPULSE_FORECAST_WINDOWS", default_value_t = 10)]
+    pub forecast_windows: u32,
+    /// Trending forecasts: smoothing of the level (0 < alpha <= 1).
+    #[arg(long, env = "STREAMPULSE_FORECAST_ALPHA", default_value_t = 0.5)]
+    pub forecast_alpha: f64,
+    /// Trending forecasts: smoothing of the trend (0 <= beta <= 1).
+    #[arg(long, env = "STREAMPULSE_FORECAST_BETA", default_value_t = 0.3)]
+    pub forecast_beta: f64,
 }
 
 impl DataflowArgs {
@@ -399,6 +436,21 @@ impl DataflowArgs {
                 sustained_windows: self.alert_sustained_windows,
                 slow_mbps: self.alert_slow_mbps,
                 cdn_share: self.alert_cdn_share,
+                baselines: Baselines {
+                    windows: self.baseline_windows,
+                    min_windows: self.baseline_min_windows,
+                    min_mean: self.baseline_min_mean,
+                    traffic_score: self.baseline_traffic_score,
+                    traffic_drop: self.baseline_traffic_drop,
+                    traffic_rise: self.baseline_traffic_rise,
+                    error_score: self.baseline_error_score,
+                    error_rise: self.baseline_error_rise,
+                },
+            },
+            forecasts: Forecasts {
+                windows: self.forecast_windows,
+                alpha: self.forecast_alpha,
+                beta: self.forecast_beta,
             },
         };
         config
@@ -417,7 +469,8 @@ pub struct GeneratorArgs {
     /// Seed of the deterministic generator.
     #[arg(long, env = "STREAMPULSE_SEED", default_value_t = 1)]
     pub seed: u64,
-    /// Fault scenario: clean, cdn-outage or slow-downloads.
+    /// Fault scenario: clean, cdn-outage, slow-downloads, region-silent, slow-degradation or
+    /// viral-title.
     #[arg(long, env = "STREAMPULSE_SCENARIO", default_value = "clean")]
     pub scenario: Scenario,
     /// Partitions the generated stream is spread over (and of a topic `generate` creates).

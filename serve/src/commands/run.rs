@@ -145,7 +145,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             db: db.clone(),
             kafka: kafka.clone(),
             window_ms: config.window_ms,
-            retain_ms: config.retain_ms,
+            // Restored state reaches back as far as the windows still held read (baselines,
+            // forecasts, the sustained rule), so theirs continue from complete trails.
+            restore_ms: config.retain_ms + config.reach() as i64 * config.window_ms,
             database: sink_stats.clone(),
             kafka_link: kafka_link.clone(),
             shutdown: shutdown.clone(),
@@ -215,7 +217,8 @@ struct Start {
     db: Option<Database>,
     kafka: Option<KafkaConfig>,
     window_ms: i64,
-    retain_ms: i64,
+    /// How far behind the stored watermark restored windows reach.
+    restore_ms: i64,
     database: Arc<SinkStats>,
     kafka_link: Option<Arc<Link>>,
     shutdown: Arc<Shutdown>,
@@ -300,7 +303,7 @@ impl Start {
     /// that never answers is given up on and retried, see [`Session`]).
     fn resume(&self, db: &Database) -> anyhow::Result<(BTreeMap<u32, i64>, Resume)> {
         let topic = self.kafka.as_ref().map(|k| k.topic.clone());
-        let (window_ms, retain_ms, schema) = (self.window_ms, self.retain_ms, db.schema.clone());
+        let (window_ms, restore_ms, schema) = (self.window_ms, self.restore_ms, db.schema.clone());
         let shutdown = self.shutdown.clone();
         let (offsets, resume) = Session::new(db.clone()).run(
             Duration::from_secs(120),
@@ -308,7 +311,7 @@ impl Start {
             move |client| {
                 migrate(client, &schema)?;
                 match topic {
-                    Some(topic) => load_resume(client, &topic, window_ms, retain_ms),
+                    Some(topic) => load_resume(client, &topic, window_ms, restore_ms),
                     None => Ok((BTreeMap::new(), Resume::default())),
                 }
             },
@@ -383,7 +386,8 @@ fn start_threads(
                     .as_ref()
                     .map_or_else(|| "generator".to_string(), |k| k.topic.clone()),
                 window_ms: config.window_ms,
-                retain_ms: config.retain_ms,
+                // Derived changes of let-go windows come until the windows reading them go too.
+                retain_ms: config.retain_ms + config.reach() as i64 * config.window_ms,
                 rules: config.rules.clone(),
                 stored_watermark: resume.watermark_ms,
                 routes,

@@ -300,7 +300,7 @@ fn maintain_key(
             (open, Episode::of(r))
         })
         .collect();
-    let lowest_is_worst = rule == Rule::SlowDownloads;
+    let lowest_is_worst = rule.lowest_is_worst();
     let runs = episodes::runs(&alerts, config.window_ms, lowest_is_worst);
     let stored: Vec<OpenEpisode> = open.iter().map(|(o, _)| *o).collect();
     for step in episodes::reconcile(runs, &stored) {

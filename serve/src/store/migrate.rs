@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "005_episodes_and_notifications",
         include_str!("../../../sql/005_episodes_and_notifications.sql"),
     ),
+    (
+        6,
+        "006_baselines_and_forecasts",
+        include_str!("../../../sql/006_baselines_and_forecasts.sql"),
+    ),
 ];
 
 /// A schema name we are willing to splice into SQL (identifiers cannot be bound as parameters).

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use postgres::Transaction;
-use streampulse_dataflow::{Aggregate, Alert, Derived, Key, Window};
+use streampulse_dataflow::{Aggregate, Alert, Baseline, Derived, Key, Window};
 
 use super::tables::{sums, KeyValues, StatTable, DERIVED_TABLES, SUMS};
 use crate::sink::batch::Batch;
@@ -24,6 +24,8 @@ use crate::sink::batch::Batch;
 pub struct SinkConfig {
     pub topic: String,
     pub window_ms: i64,
+    /// How long after its end a let-go window may still see derived changes (retention plus the
+    /// windows that read it): how long the sink remembers it was let go.
     pub retain_ms: i64,
     pub rules: streampulse_dataflow::Rules,
     /// The watermark stored by an earlier run: windows ending at or before it were reported final.
@@ -238,6 +240,8 @@ fn write_derived(
     // deleted. Upserting in place keeps an alert's acknowledgement when only its numbers change.
     let mut top_added = BTreeMap::new();
     let mut alerts_added = BTreeMap::new();
+    let mut baselines_added = BTreeMap::new();
+    let mut rising_added = BTreeMap::new();
     for (row, diff) in batch.derived.iter().filter(|(_, d)| **d > 0) {
         match row {
             Derived::Top { window, rank, .. } => {
@@ -255,6 +259,12 @@ fn write_derived(
                     &[&ws(*window), &we(*window), count],
                 )?;
             }
+            Derived::Baseline { window, region, .. } => {
+                baselines_added.insert((*window, region.as_str()), row);
+            }
+            Derived::Rising { window, rank, .. } => {
+                rising_added.insert((*window, *rank), row);
+            }
         }
         debug_assert_eq!(*diff, 1);
     }
@@ -269,7 +279,70 @@ fn write_derived(
             Derived::Alert(alert) if !alerts_added.contains_key(&alert.id()) => {
                 tx.execute("DELETE FROM alerts WHERE id = $1", &[&alert.id()])?;
             }
+            Derived::Baseline { window, region, .. }
+                if !baselines_added.contains_key(&(*window, region.as_str())) =>
+            {
+                tx.execute(
+                    "DELETE FROM region_baselines
+                     WHERE window_start = to_timestamp($1::float8 / 1000) AND region = $2",
+                    &[&ws(*window), region],
+                )?;
+            }
+            Derived::Rising { window, rank, .. }
+                if !rising_added.contains_key(&(*window, *rank)) =>
+            {
+                tx.execute(
+                    "DELETE FROM trending_predictions
+                     WHERE window_start = to_timestamp($1::float8 / 1000) AND rank = $2",
+                    &[&ws(*window), &(*rank as i32)],
+                )?;
+            }
             _ => {}
+        }
+    }
+    for row in baselines_added.values() {
+        if let Derived::Baseline {
+            window,
+            region,
+            baseline,
+        } = row
+        {
+            upsert_baseline(tx, config, *window, region, baseline)?;
+        }
+    }
+    for row in rising_added.values() {
+        if let Derived::Rising {
+            window,
+            rank,
+            content_id,
+            title,
+            forecast,
+        } = row
+        {
+            tx.execute(
+                "INSERT INTO trending_predictions (window_start, window_end, rank, content_id, title,
+                     downloads, predicted_downloads, level, trend, rising_score, history)
+                 VALUES (to_timestamp($1::float8 / 1000), to_timestamp($2::float8 / 1000), $3, $4, $5,
+                     $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (window_start, rank) DO UPDATE SET content_id = excluded.content_id,
+                     title = excluded.title, downloads = excluded.downloads,
+                     predicted_downloads = excluded.predicted_downloads, level = excluded.level,
+                     trend = excluded.trend, rising_score = excluded.rising_score,
+                     history = excluded.history, updated_at = now()",
+                &[
+                    &ws(*window),
+                    &we(*window),
+                    &(*rank as i32),
+                    content_id,
+                    title,
+                    &forecast.latest(),
+                    &forecast.next(),
+                    &forecast.level(),
+                    &forecast.trend(),
+                    &forecast.rising(),
+                    &forecast.history,
+                ],
+            )?;
         }
     }
     for row in top_added.values() {
@@ -296,19 +369,70 @@ fn write_derived(
     Ok(())
 }
 
+fn upsert_baseline(
+    tx: &mut Transaction<'_>,
+    config: &SinkConfig,
+    window: Window,
+    region: &str,
+    b: &Baseline,
+) -> anyhow::Result<()> {
+    let knobs = &config.rules.baselines;
+    tx.execute(
+        "INSERT INTO region_baselines (window_start, window_end, region, baseline_windows,
+             baseline_downloads, baseline_downloads_sq, baseline_failed, mean_downloads,
+             spread_downloads, baseline_error_rate, downloads, failed, error_rate, traffic_score,
+             error_score, health)
+         VALUES (to_timestamp($1::float8 / 1000), to_timestamp($2::float8 / 1000), $3, $4, $5,
+             $6::text::numeric, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (window_start, region) DO UPDATE SET
+             baseline_windows = excluded.baseline_windows,
+             baseline_downloads = excluded.baseline_downloads,
+             baseline_downloads_sq = excluded.baseline_downloads_sq,
+             baseline_failed = excluded.baseline_failed, mean_downloads = excluded.mean_downloads,
+             spread_downloads = excluded.spread_downloads,
+             baseline_error_rate = excluded.baseline_error_rate, downloads = excluded.downloads,
+             failed = excluded.failed, error_rate = excluded.error_rate,
+             traffic_score = excluded.traffic_score, error_score = excluded.error_score,
+             health = excluded.health, updated_at = now()",
+        &[
+            &(window.start() as f64),
+            &(window.end(config.window_ms) as f64),
+            &region,
+            &(b.windows as i32),
+            &b.downloads,
+            &b.downloads_sq.to_string(),
+            &b.failed,
+            &b.mean(),
+            &b.spread(),
+            &b.error_rate(),
+            &b.observed.downloads,
+            &b.observed.failed,
+            &b.observed.failure_rate(),
+            &b.traffic_score(),
+            &b.error_score(),
+            &knobs.health(b, config.rules.min_downloads),
+        ],
+    )?;
+    Ok(())
+}
+
 fn upsert_alert(
     tx: &mut Transaction<'_>,
     config: &SinkConfig,
     id: i64,
     alert: &Alert,
 ) -> anyhow::Result<()> {
-    let threshold = config.rules.threshold(alert.rule);
+    let threshold = alert.threshold(&config.rules);
+    let baseline_value = alert.baseline.map(|b| b.values(alert.rule).1);
     tx.execute(
         "INSERT INTO alerts (id, alert_type, severity, region, window_start, window_end, metric_name,
-                             metric_value, threshold_value, message)
-         VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), to_timestamp($6::float8 / 1000), $7, $8, $9, $10)
+                             metric_value, threshold_value, message, baseline_value, score)
+         VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), to_timestamp($6::float8 / 1000), $7, $8, $9, $10,
+                 $11, $12)
          ON CONFLICT (id) DO UPDATE SET severity = excluded.severity,
-             metric_value = excluded.metric_value, message = excluded.message, updated_at = now()",
+             metric_value = excluded.metric_value, threshold_value = excluded.threshold_value,
+             message = excluded.message, baseline_value = excluded.baseline_value,
+             score = excluded.score, updated_at = now()",
         &[
             &id,
             &alert.rule.name(),
@@ -320,6 +444,8 @@ fn upsert_alert(
             &alert.metric_value(),
             &threshold,
             &alert.message(),
+            &baseline_value,
+            &alert.score(),
         ],
     )?;
     Ok(())

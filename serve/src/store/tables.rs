@@ -28,7 +28,12 @@ pub const SUMS: [&str; 7] = [
 ];
 
 /// Tables with rows per window besides the stat tables: their `is_final` follows the watermark too.
-pub const DERIVED_TABLES: [&str; 2] = ["trending", "alerts"];
+pub const DERIVED_TABLES: [&str; 4] = [
+    "trending",
+    "alerts",
+    "region_baselines",
+    "trending_predictions",
+];
 
 /// A key's column values: text for every table but `late_events`, whose key is the partition.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -842,9 +842,48 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
         derived.insert(format!("unique {} {}", r.get::<_, i64>(0), r.get::<_, i64>(1)));
     }
     for r in query(&mut client, &format!(
-        "SELECT (extract(epoch FROM window_start) * 1000)::bigint, alert_type, region, severity FROM {schema}.alerts"
+        "SELECT (extract(epoch FROM window_start) * 1000)::bigint, alert_type, region, severity, score FROM {schema}.alerts"
     )) {
-        derived.insert(format!("alert {} {} {} {}", r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3)));
+        let score = r.get::<_, Option<f64>>(4).map_or("-".to_string(), |s| format!("{s:.6}"));
+        derived.insert(format!("alert {} {} {} {} {score}", r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3)));
+    }
+    for r in query(
+        &mut client,
+        &format!(
+            "SELECT (extract(epoch FROM window_start) * 1000)::bigint, region, baseline_windows,
+                baseline_downloads, baseline_downloads_sq::text, baseline_failed, downloads, failed
+         FROM {schema}.region_baselines"
+        ),
+    ) {
+        derived.insert(format!(
+            "baseline {} {} {} {} {} {} {} {}",
+            r.get::<_, i64>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i32>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, String>(4),
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(6),
+            r.get::<_, i64>(7)
+        ));
+    }
+    for r in query(
+        &mut client,
+        &format!(
+            "SELECT (extract(epoch FROM window_start) * 1000)::bigint, rank, content_id, history,
+                predicted_downloads, rising_score
+         FROM {schema}.trending_predictions"
+        ),
+    ) {
+        derived.insert(format!(
+            "rising {} {} {} {:?} {:.3} {:.3}",
+            r.get::<_, i64>(0),
+            r.get::<_, i32>(1),
+            r.get::<_, String>(2),
+            r.get::<_, Vec<i64>>(3),
+            r.get::<_, f64>(4),
+            r.get::<_, f64>(5)
+        ));
     }
     let wanted: BTreeSet<String> = expected
         .derived
@@ -859,11 +898,39 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
             } => format!("top {} {rank} {content_id} {downloads}", window.0),
             Derived::UniqueContent { window, count } => format!("unique {} {count}", window.0),
             Derived::Alert(a) => format!(
-                "alert {} {} {} {}",
+                "alert {} {} {} {} {}",
                 a.window.0,
                 a.rule.name(),
                 a.region,
-                a.severity.name()
+                a.severity.name(),
+                a.score().map_or("-".to_string(), |s| format!("{s:.6}"))
+            ),
+            Derived::Baseline {
+                window,
+                region,
+                baseline: b,
+            } => format!(
+                "baseline {} {region} {} {} {} {} {} {}",
+                window.0,
+                b.windows,
+                b.downloads,
+                b.downloads_sq,
+                b.failed,
+                b.observed.downloads,
+                b.observed.failed
+            ),
+            Derived::Rising {
+                window,
+                rank,
+                content_id,
+                forecast: f,
+                ..
+            } => format!(
+                "rising {} {rank} {content_id} {:?} {:.3} {:.3}",
+                window.0,
+                f.history,
+                f.next(),
+                f.rising()
             ),
         })
         .collect();
@@ -873,10 +940,12 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
         missing.is_empty() && extra.is_empty(),
         "missing {missing:?}\nextra {extra:?}"
     );
-    assert!(
-        wanted.iter().any(|d| d.starts_with("alert")),
-        "the scenario raised alerts"
-    );
+    for kind in ["alert", "baseline", "rising"] {
+        assert!(
+            wanted.iter().any(|d| d.starts_with(kind)),
+            "the topic has {kind} rows to compare"
+        );
+    }
 }
 
 /// The golden run of a topic: one uninterrupted single-worker run into a fresh schema, checked

@@ -1,0 +1,396 @@
+//! Each region measured against its own recent past: the trailing [`Baseline`] of a region in a
+//! window, the scores that compare the window with it, and the knobs of the three baseline rules
+//! ([`Baselines`]).
+//!
+//! A baseline covers the `windows` windows before the one judged. Only *stream windows* count: a
+//! window in which some region had events. In a stream window a region without events counted 0
+//! downloads, which is how a silent outage shows: the observed value is 0, not a missing row.
+//! Windows in which the whole stream was quiet (the producer stopped, say) are left out, so they
+//! neither lower a baseline nor look like an outage.
+//!
+//! Everything a baseline holds is an integer sum (downloads, their squares, failures), so it is
+//! exact and the same on any number of workers; the mean, spread, rates and scores are computed
+//! when read. A window is judged once the stream has *settled* it: some event lies in the window
+//! that starts at or after the judged window's end plus the lateness ([`settled`]). An open window
+//! that is still filling would look like a drop in traffic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Aggregate;
+use crate::error::Error;
+use crate::rules::{Rule, Severity};
+use crate::window::Window;
+
+/// The knobs of the baseline rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Baselines {
+    /// How many windows before the judged one the baseline covers.
+    pub windows: u32,
+    /// No judgement until the baseline holds this many stream windows.
+    pub min_windows: u32,
+    /// No judgement while the region's mean downloads per window are below this.
+    pub min_mean: f64,
+    /// TRAFFIC_BELOW/ABOVE_BASELINE: the traffic score must reach this (below: its negative).
+    pub traffic_score: f64,
+    /// TRAFFIC_BELOW_BASELINE also needs downloads at most (1 − this) × the mean.
+    pub traffic_drop: f64,
+    /// TRAFFIC_ABOVE_BASELINE also needs downloads at least (1 + this) × the mean.
+    pub traffic_rise: f64,
+    /// ERROR_RATE_ABOVE_BASELINE: the error score must reach this …
+    pub error_score: f64,
+    /// … and the error rate must exceed the baseline's by at least this (a fraction of downloads).
+    pub error_rise: f64,
+}
+
+impl Default for Baselines {
+    fn default() -> Self {
+        Baselines {
+            windows: 10,
+            min_windows: 5,
+            min_mean: 10.0,
+            traffic_score: 4.0,
+            traffic_drop: 0.5,
+            traffic_rise: 1.0,
+            error_score: 5.0,
+            error_rise: 0.05,
+        }
+    }
+}
+
+impl Baselines {
+    /// Checks every knob; the first one out of range is the error.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(1..=120).contains(&self.windows) {
+            return Err(Error::invalid(
+                "baselines.windows",
+                "a baseline covers between 1 and 120 windows",
+            ));
+        }
+        if !(1..=self.windows).contains(&self.min_windows) {
+            return Err(Error::invalid(
+                "baselines.min_windows",
+                "the minimum of baseline windows must lie between 1 and the baseline's windows",
+            ));
+        }
+        let positive = [
+            ("baselines.min_mean", self.min_mean),
+            ("baselines.traffic_score", self.traffic_score),
+            ("baselines.traffic_rise", self.traffic_rise),
+            ("baselines.error_score", self.error_score),
+        ];
+        if let Some((field, _)) = positive
+            .into_iter()
+            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+        {
+            return Err(Error::invalid(
+                field,
+                "baseline scores and factors must be finite and not negative",
+            ));
+        }
+        let fractions = [
+            ("baselines.traffic_drop", self.traffic_drop),
+            ("baselines.error_rise", self.error_rise),
+        ];
+        if let Some((field, _)) = fractions
+            .into_iter()
+            .find(|(_, v)| !(0.0..=1.0).contains(v))
+        {
+            return Err(Error::invalid(
+                field,
+                "baseline fractions must lie between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The baseline rules that hold for `baseline`; `min_downloads` is the fixed rules' minimum,
+    /// which the error rule shares.
+    pub fn judge(&self, baseline: &Baseline, min_downloads: i64) -> Vec<(Rule, Severity)> {
+        let mut fired = Vec::new();
+        if baseline.windows < self.min_windows || baseline.mean() < self.min_mean {
+            return fired;
+        }
+        let observed = baseline.observed.downloads as f64;
+        let traffic = baseline.traffic_score();
+        if traffic <= -self.traffic_score && observed <= (1.0 - self.traffic_drop) * baseline.mean()
+        {
+            let severity = if baseline.observed.downloads == 0 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            fired.push((Rule::TrafficBelowBaseline, severity));
+        }
+        if traffic >= self.traffic_score && observed >= (1.0 + self.traffic_rise) * baseline.mean()
+        {
+            fired.push((Rule::TrafficAboveBaseline, Severity::Warning));
+        }
+        let rise = baseline.observed.failure_rate() - baseline.error_rate();
+        if baseline.observed.downloads >= min_downloads.max(1)
+            && baseline.error_score() >= self.error_score
+            && rise >= self.error_rise
+        {
+            // Four times the minimum rise (20 points by default) is an outage, not a wobble.
+            let severity = if rise >= 4.0 * self.error_rise {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            fired.push((Rule::ErrorRateAboveBaseline, severity));
+        }
+        fired
+    }
+
+    /// How a region's window compares with its baseline, for the API: `normal`, or the anomaly
+    /// (`silent`, `low_traffic`, `high_traffic`, `high_errors`; the worst first), or `learning`
+    /// while the baseline is too short or too thin to judge.
+    pub fn health(&self, baseline: &Baseline, min_downloads: i64) -> &'static str {
+        if baseline.windows < self.min_windows || baseline.mean() < self.min_mean {
+            return "learning";
+        }
+        let fired = self.judge(baseline, min_downloads);
+        let has = |rule| fired.iter().any(|(r, _)| *r == rule);
+        if has(Rule::TrafficBelowBaseline) {
+            if baseline.observed.downloads == 0 {
+                "silent"
+            } else {
+                "low_traffic"
+            }
+        } else if has(Rule::ErrorRateAboveBaseline) {
+            "high_errors"
+        } else if has(Rule::TrafficAboveBaseline) {
+            "high_traffic"
+        } else {
+            "normal"
+        }
+    }
+}
+
+/// A region's trailing baseline in one window, and the window's own sums.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Baseline {
+    /// Stream windows among the trailing ones (the divisor of the mean).
+    pub windows: u32,
+    /// Downloads over those windows.
+    pub downloads: i64,
+    /// The sum over those windows of each window's downloads squared.
+    pub downloads_sq: i128,
+    /// Failed downloads over those windows.
+    pub failed: i64,
+    /// The region's sums in the judged window (all zero when it had no events).
+    pub observed: Aggregate,
+}
+
+impl Baseline {
+    /// Mean downloads per stream window.
+    pub fn mean(&self) -> f64 {
+        if self.windows == 0 {
+            0.0
+        } else {
+            self.downloads as f64 / self.windows as f64
+        }
+    }
+
+    /// Standard deviation of downloads per stream window (exact up to the final division).
+    pub fn spread(&self) -> f64 {
+        if self.windows == 0 {
+            return 0.0;
+        }
+        let n = self.windows as i128;
+        let sum = self.downloads as i128;
+        // n²·variance = n·Σx² − (Σx)², an exact integer that is never negative.
+        let scaled = (n * self.downloads_sq - sum * sum).max(0);
+        (scaled as f64).sqrt() / n as f64
+    }
+
+    /// The baseline's error rate: failures over downloads, pooled across its windows.
+    pub fn error_rate(&self) -> f64 {
+        if self.downloads == 0 {
+            0.0
+        } else {
+            self.failed as f64 / self.downloads as f64
+        }
+    }
+
+    /// How many spreads the window's downloads lie from the mean. The spread is floored at the
+    /// noise of a Poisson count (√mean) and at 1, so a baseline that happened to be flat does not
+    /// turn every wobble into an anomaly.
+    pub fn traffic_score(&self) -> f64 {
+        let mean = self.mean();
+        let scale = self.spread().max(mean.sqrt()).max(1.0);
+        (self.observed.downloads as f64 - mean) / scale
+    }
+
+    /// How many standard errors the window's error rate lies above the baseline's: the noise of a
+    /// binomial count at the baseline rate over the window's downloads. The rate under the square
+    /// root is smoothed ((failed + 1) / (downloads + 2)) so that a baseline without failures still
+    /// has a noise; 0 when the window had no downloads.
+    pub fn error_score(&self) -> f64 {
+        let n = self.observed.downloads;
+        if n == 0 {
+            return 0.0;
+        }
+        let smoothed = (self.failed as f64 + 1.0) / (self.downloads as f64 + 2.0);
+        let noise = (smoothed * (1.0 - smoothed) / n as f64).sqrt();
+        (self.observed.failure_rate() - self.error_rate()) / noise
+    }
+
+    /// The value a rule compares with this baseline, and the baseline's own value of it.
+    pub fn values(&self, rule: Rule) -> (f64, f64) {
+        match rule {
+            Rule::ErrorRateAboveBaseline => (self.observed.failure_rate(), self.error_rate()),
+            _ => (self.observed.downloads as f64, self.mean()),
+        }
+    }
+
+    /// The score a rule looked at.
+    pub fn score(&self, rule: Rule) -> f64 {
+        match rule {
+            Rule::ErrorRateAboveBaseline => self.error_score(),
+            _ => self.traffic_score(),
+        }
+    }
+}
+
+/// The trailing sums of one region before a window, as the dataflow and the oracle collect them:
+/// `add` each earlier window's downloads and failures.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Trail {
+    pub downloads: i64,
+    pub downloads_sq: i128,
+    pub failed: i64,
+}
+
+impl Trail {
+    pub fn add(&mut self, window: &Aggregate) {
+        self.downloads += window.downloads;
+        self.downloads_sq += window.downloads as i128 * window.downloads as i128;
+        self.failed += window.failed;
+    }
+
+    pub fn baseline(self, windows: u32, observed: Aggregate) -> Baseline {
+        Baseline {
+            windows,
+            downloads: self.downloads,
+            downloads_sq: self.downloads_sq,
+            failed: self.failed,
+            observed,
+        }
+    }
+}
+
+/// Whether the stream has moved past `window`, given its newest stream window: some event lies in
+/// a window starting at or after the judged window's end plus the lateness, so the window is as
+/// complete as an on-time stream makes it.
+pub fn settled(window: Window, newest: Window, window_ms: i64, lateness_ms: i64) -> bool {
+    Window::of(window.end(window_ms) + lateness_ms, window_ms) <= newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(history: &[i64], failed: i64, observed: (i64, i64)) -> Baseline {
+        let mut trail = Trail::default();
+        for (i, &d) in history.iter().enumerate() {
+            trail.add(&Aggregate {
+                downloads: d,
+                failed: if i == 0 { failed } else { 0 },
+                ..Aggregate::default()
+            });
+        }
+        trail.baseline(
+            history.len() as u32,
+            Aggregate {
+                downloads: observed.0,
+                failed: observed.1,
+                successful: observed.0 - observed.1,
+                ..Aggregate::default()
+            },
+        )
+    }
+
+    #[test]
+    fn mean_spread_and_scores_by_hand() {
+        // 100, 110, 90, 100, 100: mean 100, variance (0 + 100 + 100 + 0 + 0) / 5 = 40.
+        let b = baseline(&[100, 110, 90, 100, 100], 50, (40, 2));
+        assert_eq!(b.mean(), 100.0);
+        assert!((b.spread() - 40f64.sqrt()).abs() < 1e-12);
+        // The spread (6.3) is below √100 = 10, so the scale is 10: (40 − 100) / 10.
+        assert_eq!(b.traffic_score(), -6.0);
+        assert_eq!(b.error_rate(), 0.1);
+        // 2 of 40 failed: 0.05 − 0.1 below the baseline, a negative score.
+        assert!(b.error_score() < 0.0);
+    }
+
+    #[test]
+    fn the_rules_fire_on_their_anomaly_only() {
+        let knobs = Baselines::default();
+        let steady = [100, 104, 96, 100, 100, 98, 102, 100];
+        // A silent window: critical traffic drop.
+        let silent = baseline(&steady, 40, (0, 0));
+        assert_eq!(
+            knobs.judge(&silent, 5),
+            vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
+        );
+        assert_eq!(knobs.health(&silent, 5), "silent");
+        // A normal window: nothing.
+        let normal = baseline(&steady, 40, (103, 6));
+        assert!(knobs.judge(&normal, 5).is_empty());
+        assert_eq!(knobs.health(&normal, 5), "normal");
+        // Three times the traffic.
+        let surge = baseline(&steady, 40, (300, 15));
+        assert_eq!(
+            knobs.judge(&surge, 5),
+            vec![(Rule::TrafficAboveBaseline, Severity::Warning)]
+        );
+        // Baseline rate 40/800 = 5%; 30% of 100 failing is 25 points above: critical.
+        let errors = baseline(&steady, 40, (100, 30));
+        assert_eq!(
+            knobs.judge(&errors, 5),
+            vec![(Rule::ErrorRateAboveBaseline, Severity::Critical)]
+        );
+        // 12% is 7 points above, but not five standard errors (√(0.05·0.95/100) ≈ 2.2 points).
+        let wobble = baseline(&steady, 40, (100, 12));
+        assert!(knobs.judge(&wobble, 5).is_empty());
+        // Too short a baseline: nothing is judged, however silent.
+        let short = baseline(&steady[..4], 40, (0, 0));
+        assert!(knobs.judge(&short, 5).is_empty());
+        assert_eq!(knobs.health(&short, 5), "learning");
+    }
+
+    #[test]
+    fn a_window_settles_once_the_stream_passes_its_end_plus_lateness() {
+        let w = 60_000;
+        assert!(!settled(Window(0), Window(0), w, 5_000));
+        // 0's end plus 5 s lateness (65 000) lies in the window starting at 60 000: once the stream
+        // has events there, window 0 is judged.
+        assert!(settled(Window(0), Window(w), w, 5_000));
+        // With a lateness of a whole window the stream must reach two windows on.
+        assert!(!settled(Window(0), Window(w), w, w));
+        assert!(settled(Window(0), Window(2 * w), w, w));
+    }
+
+    #[test]
+    fn invalid_knobs_name_their_field() {
+        assert_eq!(Baselines::default().validate(), Ok(()));
+        let bad = Baselines {
+            min_windows: 11,
+            ..Baselines::default()
+        };
+        assert!(
+            matches!(bad.validate(), Err(Error::InvalidConfig { field, .. }) if field == "baselines.min_windows")
+        );
+        let bad = Baselines {
+            traffic_drop: 1.5,
+            ..Baselines::default()
+        };
+        assert!(
+            matches!(bad.validate(), Err(Error::InvalidConfig { field, .. }) if field == "baselines.traffic_drop")
+        );
+    }
+}
