@@ -2,11 +2,14 @@
 //! window, the scores that compare the window with it, and the knobs of the three baseline rules
 //! ([`Baselines`]).
 //!
-//! A baseline covers the `windows` windows before the one judged. Only *stream windows* count: a
-//! window in which some region had events. In a stream window a region without events counted 0
-//! downloads, which is how a silent outage shows: the observed value is 0, not a missing row.
-//! Windows in which the whole stream was quiet (the producer stopped, say) are left out, so they
-//! neither lower a baseline nor look like an outage.
+//! A baseline covers the `windows` windows before the one judged, and describes the region when it
+//! is up: it sums the windows of the trail in which the region had events. A judged window is always
+//! a *stream window* (one in which some region had events); a region without events there counted 0
+//! downloads, which is how a silent outage shows: the observed value is 0, not a missing row. The
+//! silent windows themselves stay out of the trail, so an outage does not become the region's
+//! normal: a silent region is flagged until fewer than `min_windows` windows with events remain in
+//! its trail (with the defaults, for 16 windows). Windows in which the whole stream was quiet (the
+//! producer stopped, say) are never judged, so they do not look like an outage.
 //!
 //! Everything a baseline holds is an integer sum (downloads, their squares, failures), so it is
 //! exact and the same on any number of workers; the mean, spread, rates and scores are computed
@@ -45,7 +48,7 @@ pub struct Baselines {
 impl Default for Baselines {
     fn default() -> Self {
         Baselines {
-            windows: 10,
+            windows: 20,
             min_windows: 5,
             min_mean: 10.0,
             traffic_score: 4.0,
@@ -171,7 +174,7 @@ impl Baselines {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Baseline {
-    /// Stream windows among the trailing ones (the divisor of the mean).
+    /// Windows of the trail in which the region had events (the divisor of the mean).
     pub windows: u32,
     /// Downloads over those windows.
     pub downloads: i64,
@@ -184,7 +187,7 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    /// Mean downloads per stream window.
+    /// Mean downloads per window of the trail in which the region had events.
     pub fn mean(&self) -> f64 {
         if self.windows == 0 {
             0.0
@@ -193,7 +196,7 @@ impl Baseline {
         }
     }
 
-    /// Standard deviation of downloads per stream window (exact up to the final division).
+    /// Standard deviation of downloads over those windows (exact up to the final division).
     pub fn spread(&self) -> f64 {
         if self.windows == 0 {
             return 0.0;
@@ -255,11 +258,12 @@ impl Baseline {
 }
 
 /// The trailing sums of one region before a window, as the dataflow and the oracle collect them:
-/// `add` each earlier window's downloads and failures.
+/// `add` each earlier window in which the region had events.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Trail {
+    pub windows: u32,
     pub downloads: i64,
     pub downloads_sq: i128,
     pub failed: i64,
@@ -267,14 +271,15 @@ pub struct Trail {
 
 impl Trail {
     pub fn add(&mut self, window: &Aggregate) {
+        self.windows += 1;
         self.downloads += window.downloads;
         self.downloads_sq += window.downloads as i128 * window.downloads as i128;
         self.failed += window.failed;
     }
 
-    pub fn baseline(self, windows: u32, observed: Aggregate) -> Baseline {
+    pub fn baseline(self, observed: Aggregate) -> Baseline {
         Baseline {
-            windows,
+            windows: self.windows,
             downloads: self.downloads,
             downloads_sq: self.downloads_sq,
             failed: self.failed,
@@ -303,15 +308,12 @@ mod tests {
                 ..Aggregate::default()
             });
         }
-        trail.baseline(
-            history.len() as u32,
-            Aggregate {
-                downloads: observed.0,
-                failed: observed.1,
-                successful: observed.0 - observed.1,
-                ..Aggregate::default()
-            },
-        )
+        trail.baseline(Aggregate {
+            downloads: observed.0,
+            failed: observed.1,
+            successful: observed.0 - observed.1,
+            ..Aggregate::default()
+        })
     }
 
     #[test]
@@ -379,7 +381,7 @@ mod tests {
     fn invalid_knobs_name_their_field() {
         assert_eq!(Baselines::default().validate(), Ok(()));
         let bad = Baselines {
-            min_windows: 11,
+            min_windows: 21,
             ..Baselines::default()
         };
         assert!(

@@ -24,7 +24,7 @@
 //! after it (a trail), each settled content row to the forecast span's windows after it, and a
 //! reduce per (region or title, window) sums or smooths what it was offered. Only *settled* windows
 //! are judged (see [`crate::baseline::settled`]): one reduce over the set of stream windows says
-//! which, and how many stream windows each baseline covers.
+//! which.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -134,25 +134,23 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             _ => None,
         });
 
-        // Which stream windows are settled, and how many stream windows lie in each one's trail.
+        // Which stream windows are settled (see `baseline::settled`).
         let settled_windows = regions
             .clone()
             .map(|(window, _, _)| ((), window))
             .reduce(move |_, windows, out| {
-                let present: Vec<Window> = windows.iter().map(|(w, _)| **w).collect();
-                let Some(&newest) = present.last() else {
+                let Some((newest, _)) = windows.last() else {
                     return;
                 };
-                for (i, &window) in present.iter().enumerate() {
-                    if !settled(window, newest, window_ms, lateness_ms) {
+                let newest = **newest;
+                for (window, _) in windows {
+                    if !settled(**window, newest, window_ms, lateness_ms) {
                         break;
                     }
-                    let first = Window(window.0 - trail_windows as i64 * window_ms);
-                    let before = present[..i].iter().rev().take_while(|w| **w >= first);
-                    out.push(((window, before.count() as u32), 1isize));
+                    out.push((**window, 1isize));
                 }
             })
-            .map(|((), frame)| frame);
+            .map(|((), window)| window);
 
         // Each region's trail: its window (offset 0) and the `trail_windows` windows before.
         let baselines = regions
@@ -176,13 +174,11 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                     out.push(((trail, observed), 1isize));
                 }
             })
-            .map(|((window, region), trail)| (window, (region, trail)))
-            .join_map(
-                settled_windows.clone(),
-                |window, (region, (trail, observed)), windows| {
-                    (*window, region.clone(), trail.baseline(*windows, *observed))
-                },
-            );
+            .map(|((window, region), (trail, observed))| {
+                (window, (region, trail.baseline(observed)))
+            })
+            .semijoin(settled_windows.clone())
+            .map(|(window, (region, baseline))| (window, region, baseline));
         let judge = rules.clone();
         let baseline_alerts = baselines
             .clone()
@@ -210,7 +206,7 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
         // a title is forecast at a window where it had downloads.
         let rising = content
             .clone()
-            .semijoin(settled_windows.map(|(window, _)| window))
+            .semijoin(settled_windows)
             .flat_map(move |(window, (id, title, agg))| {
                 (0..span).map(move |offset| {
                     let target = Window(window.0 + offset as i64 * window_ms);

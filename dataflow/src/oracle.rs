@@ -225,19 +225,14 @@ fn baselines(stats: &BTreeMap<WindowKey, Aggregate>, config: &Config, out: &mut 
         .iter()
         .filter(|win| settled(**win, newest, w, config.lateness_ms))
     {
-        let trail_start = window.0 - n * w;
-        let stream_in_trail = windows
-            .iter()
-            .filter(|s| s.0 >= trail_start && s.0 < window.0)
-            .count() as u32;
         for (region, by_window) in &per_region {
             let mut b = Baseline {
-                windows: stream_in_trail,
                 observed: by_window.get(&window.0).copied().unwrap_or_default(),
                 ..Baseline::default()
             };
             for back in 1..=n {
                 if let Some(a) = by_window.get(&(window.0 - back * w)) {
+                    b.windows += 1;
                     b.downloads += a.downloads;
                     b.downloads_sq += (a.downloads as i128).pow(2);
                     b.failed += a.failed;

@@ -12,6 +12,8 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
+use crate::baseline::Baseline;
+use crate::forecast::Forecast;
 use crate::output::{Change, Derived, Side, Update};
 use crate::rules::Alert;
 use crate::window::{Time, Window, RESTORE_TIME};
@@ -63,6 +65,35 @@ impl WindowState {
             Derived::Alert(alert) => Some(alert),
             _ => None,
         })
+    }
+
+    /// Each region's baseline in the window (only a settled window has any), by region name.
+    pub fn baselines(&self) -> impl Iterator<Item = (&str, &Baseline)> {
+        self.present().filter_map(|row| match row {
+            Derived::Baseline {
+                region, baseline, ..
+            } => Some((region.as_str(), baseline)),
+            _ => None,
+        })
+    }
+
+    /// The window's rising list, best first (empty until the window is settled).
+    pub fn rising(&self) -> Vec<(u32, &str, &str, &Forecast)> {
+        let mut rising: Vec<_> = self
+            .present()
+            .filter_map(|row| match row {
+                Derived::Rising {
+                    rank,
+                    content_id,
+                    title,
+                    forecast,
+                    ..
+                } => Some((*rank, content_id.as_str(), title.as_str(), forecast)),
+                _ => None,
+            })
+            .collect();
+        rising.sort();
+        rising
     }
 
     /// Derived rows currently in the collection.

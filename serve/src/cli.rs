@@ -381,7 +381,7 @@ pub struct DataflowArgs {
     #[arg(long, env = "STREAMPULSE_ALERT_CDN_SHARE", default_value_t = 0.05)]
     pub alert_cdn_share: f64,
     /// Baseline rules: how many windows before a window its region's baseline covers.
-    #[arg(long, env = "STREAMPULSE_BASELINE_WINDOWS", default_value_t = 10)]
+    #[arg(long, env = "STREAMPULSE_BASELINE_WINDOWS", default_value_t = 20)]
     pub baseline_windows: u32,
     /// Baseline rules: no judgement until a baseline holds this many windows with events.
     #[arg(long, env = "STREAMPULSE_BASELINE_MIN_WINDOWS", default_value_t = 5)]
