@@ -7,6 +7,8 @@
 -- end plus the lateness, so the newest window or two of a live stream have no row yet. The integer
 -- sums (baseline_*) are exact; the rest is derived from them when the row is written.
 --
+-- error_baselines (below): the same per error code.
+--
 -- trending_predictions: the table the old pipeline left empty. Per settled window, the top titles by
 -- rising score: a forecast of the next window's downloads by Holt's linear exponential smoothing over
 -- the title's recent windows (history, oldest first), and how far it runs ahead of their mean.
@@ -46,6 +48,32 @@ CREATE INDEX IF NOT EXISTS region_baselines_region_time_idx
     ON region_baselines (region, window_start DESC);
 CREATE INDEX IF NOT EXISTS region_baselines_open_idx
     ON region_baselines (window_end) WHERE NOT is_final;
+
+-- error_baselines: per settled window, region and error code (seen in the window or its trail), the
+-- code's share of the region's downloads against its trailing baseline over the same windows as
+-- region_baselines: which kind of failure moved.
+CREATE TABLE IF NOT EXISTS error_baselines (
+    window_start          timestamptz      NOT NULL,
+    window_end            timestamptz      NOT NULL,
+    region                text             NOT NULL,
+    error_code            text             NOT NULL,
+    baseline_windows      integer          NOT NULL,  -- as in region_baselines
+    baseline_downloads    bigint           NOT NULL,  -- the region's downloads over them
+    baseline_failures     bigint           NOT NULL,  -- failures with this code over them
+    baseline_rate         double precision NOT NULL,  -- baseline_failures / baseline_downloads
+    downloads             bigint           NOT NULL,  -- the region's downloads in this window
+    failures              bigint           NOT NULL,  -- failures with this code in this window
+    rate                  double precision NOT NULL,  -- failures / downloads (0 without downloads)
+    score                 double precision NOT NULL,  -- standard errors above the baseline rate
+    is_final              boolean          NOT NULL DEFAULT false,
+    updated_at            timestamptz      NOT NULL DEFAULT now(),
+
+    CONSTRAINT error_baselines_pkey PRIMARY KEY (window_start, region, error_code),
+    CONSTRAINT error_baselines_window_check CHECK (window_end > window_start)
+);
+
+CREATE INDEX IF NOT EXISTS error_baselines_open_idx
+    ON error_baselines (window_end) WHERE NOT is_final;
 
 CREATE TABLE IF NOT EXISTS trending_predictions (
     window_start        timestamptz      NOT NULL,  -- the window the forecast was made at
@@ -107,6 +135,8 @@ BEGIN
     DELETE FROM late_events   WHERE window_end < cutoff;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
     DELETE FROM region_baselines     WHERE is_final AND window_end < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    DELETE FROM error_baselines      WHERE is_final AND window_end < cutoff;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
     DELETE FROM trending_predictions WHERE is_final AND window_end < cutoff;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;

@@ -10,7 +10,7 @@
 //! each is at the maximum; a window lasts at most a day, so a row would need more than 10 million
 //! events per second into one key for a whole day. The test `sums_at_the_bounds_stay_exact` checks it.
 
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 use streampulse_ingest::{Event, Outcome};
 
@@ -156,6 +156,24 @@ impl Abelian for Aggregate {
         self.duration_s = -self.duration_s;
         self.speed_milli = -self.speed_milli;
         self.cdn_timeouts = -self.cdn_timeouts;
+    }
+}
+
+/// Scaling by a count, so that sums can pass through a join with a collection of plain rows (the
+/// forecasts' semijoin with the settled windows).
+impl Multiply<isize> for Aggregate {
+    type Output = Aggregate;
+    fn multiply(self, rhs: &isize) -> Aggregate {
+        let k = *rhs as i64;
+        Aggregate {
+            downloads: self.downloads * k,
+            successful: self.successful * k,
+            failed: self.failed * k,
+            size_mb: self.size_mb * k,
+            duration_s: self.duration_s * k,
+            speed_milli: self.speed_milli * k,
+            cdn_timeouts: self.cdn_timeouts * k,
+        }
     }
 }
 

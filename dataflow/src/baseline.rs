@@ -12,10 +12,13 @@
 //! producer stopped, say) are never judged, so they do not look like an outage.
 //!
 //! Everything a baseline holds is an integer sum (downloads, their squares, failures), so it is
-//! exact and the same on any number of workers; the mean, spread, rates and scores are computed
+//! exact and the same on any number of workers. Each error code of a region has a baseline too
+//! ([`baselines_of`]): its share of the region's downloads, over the same windows; the mean, spread, rates and scores are computed
 //! when read. A window is judged once the stream has *settled* it: some event lies in the window
 //! that starts at or after the judged window's end plus the lateness ([`settled`]). An open window
 //! that is still filling would look like a drop in traffic.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,8 +118,14 @@ impl Baselines {
         }
         let observed = baseline.observed.downloads as f64;
         let traffic = baseline.traffic_score();
-        if traffic <= -self.traffic_score && observed <= (1.0 - self.traffic_drop) * baseline.mean()
-        {
+        // Silence needs no spread: a Poisson count with a mean of at least traffic_score² is at
+        // least traffic_score standard deviations from zero, however uneven the trail was (a
+        // partly filled window in it, say).
+        let silent = baseline.observed.downloads == 0
+            && baseline.mean() >= self.traffic_score * self.traffic_score;
+        let low = traffic <= -self.traffic_score
+            && observed <= (1.0 - self.traffic_drop) * baseline.mean();
+        if silent || low {
             let severity = if baseline.observed.downloads == 0 {
                 Severity::Critical
             } else {
@@ -288,6 +297,42 @@ impl Trail {
     }
 }
 
+/// The baselines of one region in one window, from what it offered to the window: its own sums
+/// (offset 0) and those of the trailing windows (offsets 1 to `windows`), as a region row (`None`)
+/// or as an error code's row (`Some(code)`; its `failed` counts failures with that code). Returns
+/// the region's baseline first, then one per error code seen in the trail or the window, whose
+/// `failed` and `observed.failed` count that code's failures against the region's downloads (so
+/// its error rate is the code's share of the region's downloads). Nothing without a trail.
+pub fn baselines_of<'a>(
+    offered: impl IntoIterator<Item = (u32, Option<&'a str>, &'a Aggregate)>,
+) -> Vec<(Option<String>, Baseline)> {
+    let mut trail = Trail::default();
+    let mut observed = Aggregate::default();
+    // Per code: failures over the trail, and in the window.
+    let mut codes: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (offset, code, agg) in offered {
+        match (offset, code) {
+            (0, None) => observed = *agg,
+            (_, None) => trail.add(agg),
+            (0, Some(code)) => codes.entry(code).or_default().1 += agg.failed,
+            (_, Some(code)) => codes.entry(code).or_default().0 += agg.failed,
+        }
+    }
+    if trail.downloads == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![(None, trail.baseline(observed))];
+    for (code, (before, now)) in codes {
+        let mut baseline = trail.baseline(Aggregate {
+            failed: now,
+            ..observed
+        });
+        baseline.failed = before;
+        out.push((Some(code.to_string()), baseline));
+    }
+    out
+}
+
 /// Whether the stream has moved past `window`, given its newest stream window: some event lies in
 /// a window starting at or after the judged window's end plus the lateness, so the window is as
 /// complete as an on-time stream makes it.
@@ -335,6 +380,14 @@ mod tests {
         let steady = [100, 104, 96, 100, 100, 98, 102, 100];
         // A silent window: critical traffic drop.
         let silent = baseline(&steady, 40, (0, 0));
+        // Silence fires even when the trail is uneven enough that its score is above −4 (a partly
+        // filled window in it): 0 against a mean of at least 16.
+        let uneven = baseline(&[100, 5, 100, 5, 100, 5], 10, (0, 0));
+        assert!(uneven.traffic_score() > -4.0, "{}", uneven.traffic_score());
+        assert_eq!(
+            knobs.judge(&uneven, 5),
+            vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
+        );
         assert_eq!(
             knobs.judge(&silent, 5),
             vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
@@ -363,6 +416,39 @@ mod tests {
         let short = baseline(&steady[..4], 40, (0, 0));
         assert!(knobs.judge(&short, 5).is_empty());
         assert_eq!(knobs.health(&short, 5), "learning");
+    }
+
+    #[test]
+    fn a_region_and_its_error_codes_get_baselines_over_the_same_windows() {
+        let sums = |downloads, failed| Aggregate {
+            downloads,
+            failed,
+            ..Aggregate::default()
+        };
+        let (now, before, before_code, now_code) =
+            (sums(50, 10), sums(100, 4), sums(3, 3), sums(8, 8));
+        let offered = [
+            (0, None, &now),
+            (1, None, &before),
+            (2, None, &before),
+            (1, Some("cdn_timeout"), &before_code),
+            (0, Some("cdn_timeout"), &now_code),
+        ];
+        let got = baselines_of(offered);
+        assert_eq!(got.len(), 2);
+        let (region, code) = (&got[0].1, &got[1].1);
+        assert_eq!(got[0].0, None);
+        assert_eq!(
+            (region.windows, region.downloads, region.failed),
+            (2, 200, 8)
+        );
+        assert_eq!(got[1].0.as_deref(), Some("cdn_timeout"));
+        // The code's share: 3 of the trail's 200 downloads, 8 of the window's 50.
+        assert_eq!((code.windows, code.downloads, code.failed), (2, 200, 3));
+        assert_eq!((code.observed.downloads, code.observed.failed), (50, 8));
+        assert_eq!(code.error_rate(), 0.015);
+        // Nothing without a trail.
+        assert!(baselines_of([(0, None, &now)]).is_empty());
     }
 
     #[test]

@@ -40,7 +40,7 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::aggregate::{Aggregate, Key, WindowKey};
-use crate::baseline::{settled, Trail};
+use crate::baseline::{baselines_of, settled};
 use crate::config::Config;
 use crate::forecast::Forecast;
 use crate::marks::Mark;
@@ -92,7 +92,12 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
         // Only content and region rows feed derived collections; the rest skip the arrangement.
         let counted = stats
             .clone()
-            .filter(|row| matches!(row.key, Key::Content { .. } | Key::Region(_)))
+            .filter(|row| {
+                matches!(
+                    row.key,
+                    Key::Content { .. } | Key::Region(_) | Key::Error { .. }
+                )
+            })
             .count_total();
 
         let content = counted.clone().flat_map(|(row, agg)| match row.key {
@@ -129,15 +134,18 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                 count: count as i64,
             });
 
+        // Region rows (code `None`) and their error codes' rows.
         let regions = counted.clone().flat_map(|(row, agg)| match row.key {
-            Key::Region(region) => Some((row.window, region, agg)),
+            Key::Region(region) => Some((row.window, region, None, agg)),
+            Key::Error { region, error_code } => Some((row.window, region, Some(error_code), agg)),
             _ => None,
         });
 
         // Which stream windows are settled (see `baseline::settled`).
         let settled_windows = regions
             .clone()
-            .map(|(window, _, _)| ((), window))
+            .filter(|(_, _, code, _)| code.is_none())
+            .map(|(window, _, _, _)| ((), window))
             .reduce(move |_, windows, out| {
                 let Some((newest, _)) = windows.last() else {
                     return;
@@ -152,33 +160,38 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             })
             .map(|((), window)| window);
 
-        // Each region's trail: its window (offset 0) and the `trail_windows` windows before.
-        let baselines = regions
-            .flat_map(move |(window, region, agg)| {
+        // Each region's trail: its window (offset 0) and the `trail_windows` windows before, with
+        // its error codes' rows.
+        let judged = regions
+            .flat_map(move |(window, region, code, agg)| {
                 (0..=trail_windows).map(move |offset| {
                     let target = Window(window.0 + offset as i64 * window_ms);
-                    ((target, region.clone()), (offset, agg))
+                    ((target, region.clone()), (offset, code.clone(), agg))
                 })
             })
             .reduce(|_, offered, out| {
-                let mut trail = Trail::default();
-                let mut observed = Aggregate::default();
-                for ((offset, agg), _) in offered {
-                    if *offset == 0 {
-                        observed = *agg;
-                    } else {
-                        trail.add(agg);
-                    }
-                }
-                if trail.downloads > 0 {
-                    out.push(((trail, observed), 1isize));
+                let rows = offered
+                    .iter()
+                    .map(|((offset, code, agg), _)| (*offset, code.as_deref(), agg));
+                for baseline in baselines_of(rows) {
+                    out.push((baseline, 1isize));
                 }
             })
-            .map(|((window, region), (trail, observed))| {
-                (window, (region, trail.baseline(observed)))
-            })
-            .semijoin(settled_windows.clone())
-            .map(|(window, (region, baseline))| (window, region, baseline));
+            .map(|((window, region), (code, baseline))| (window, (region, code, baseline)))
+            .semijoin(settled_windows.clone());
+        let error_baselines = judged
+            .clone()
+            .flat_map(|(window, (region, code, baseline))| {
+                code.map(|error_code| Derived::ErrorBaseline {
+                    window,
+                    region,
+                    error_code,
+                    baseline,
+                })
+            });
+        let baselines = judged.flat_map(|(window, (region, code, baseline))| {
+            code.is_none().then_some((window, region, baseline))
+        });
         let judge = rules.clone();
         let baseline_alerts = baselines
             .clone()
@@ -204,9 +217,17 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
 
         // Forecasts: each settled content row is offered to the span's windows from its own on;
         // a title is forecast at a window where it had downloads.
-        let rising = content
+        // The sums themselves (not `counted`'s rows, which churn with every batch) go through the
+        // semijoin: only settled windows' content rows reach `count_total` and the forecasts.
+        let rising = stats
             .clone()
+            .flat_map(|row| match row.key {
+                Key::Content { content_id, title } => Some((row.window, (content_id, title))),
+                _ => None,
+            })
             .semijoin(settled_windows)
+            .count_total()
+            .map(|((window, (id, title)), agg)| (window, (id, title, agg)))
             .flat_map(move |(window, (id, title, agg))| {
                 (0..span).map(move |offset| {
                     let target = Window(window.0 + offset as i64 * window_ms);
@@ -299,6 +320,7 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
             .concat(runs.map(Derived::Alert))
             .concat(baseline_alerts.map(Derived::Alert))
             .concat(baselines)
+            .concat(error_baselines)
             .concat(rising);
 
         let sink = output.clone();

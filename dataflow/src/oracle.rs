@@ -213,12 +213,25 @@ fn baselines(stats: &BTreeMap<WindowKey, Aggregate>, config: &Config, out: &mut 
         return;
     };
     let mut per_region: BTreeMap<&str, BTreeMap<i64, Aggregate>> = BTreeMap::new();
+    // Per region and error code: failures with the code, per window.
+    let mut per_code: BTreeMap<&str, BTreeMap<&str, BTreeMap<i64, i64>>> = BTreeMap::new();
     for (row, a) in stats {
-        if let Key::Region(region) = &row.key {
-            per_region
-                .entry(region)
-                .or_default()
-                .insert(row.window.0, *a);
+        match &row.key {
+            Key::Region(region) => {
+                per_region
+                    .entry(region)
+                    .or_default()
+                    .insert(row.window.0, *a);
+            }
+            Key::Error { region, error_code } => {
+                per_code
+                    .entry(region)
+                    .or_default()
+                    .entry(error_code)
+                    .or_default()
+                    .insert(row.window.0, a.failed);
+            }
+            _ => {}
         }
     }
     for &window in windows
@@ -257,6 +270,25 @@ fn baselines(stats: &BTreeMap<WindowKey, Aggregate>, config: &Config, out: &mut 
                 region: region.to_string(),
                 baseline: b,
             });
+            // Each code seen in the window or the trail: its failures against the region's
+            // downloads, over the same windows.
+            let trail = (0..=n).map(|back| window.0 - back * w);
+            for (code, failures) in per_code.get(region).into_iter().flatten() {
+                if !trail.clone().any(|start| failures.contains_key(&start)) {
+                    continue;
+                }
+                let mut coded = b;
+                coded.observed.failed = failures.get(&window.0).copied().unwrap_or(0);
+                coded.failed = (1..=n)
+                    .filter_map(|back| failures.get(&(window.0 - back * w)))
+                    .sum();
+                out.insert(Derived::ErrorBaseline {
+                    window,
+                    region: region.to_string(),
+                    error_code: code.to_string(),
+                    baseline: coded,
+                });
+            }
         }
     }
 }

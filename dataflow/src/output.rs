@@ -47,6 +47,14 @@ pub enum Derived {
         region: String,
         baseline: Baseline,
     },
+    /// An error code's baseline in a region and settled window: its share of the region's
+    /// downloads (`failed` counts that code's failures; see [`crate::baseline::baselines_of`]).
+    ErrorBaseline {
+        window: Window,
+        region: String,
+        error_code: String,
+        baseline: Baseline,
+    },
     /// Rank `rank` (from 1) of the window's "rising" list: titles by their forecast's rising score,
     /// made at the end of the (settled) window for the next one (see [`crate::forecast`]).
     Rising {
@@ -64,6 +72,7 @@ impl Derived {
             Derived::Top { window, .. }
             | Derived::UniqueContent { window, .. }
             | Derived::Baseline { window, .. }
+            | Derived::ErrorBaseline { window, .. }
             | Derived::Rising { window, .. } => *window,
             Derived::Alert(alert) => alert.window,
         }

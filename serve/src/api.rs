@@ -5,7 +5,7 @@
 //! ```text
 //!   GET /health                       GET /api/stats/alerts?limit&severity&acknowledged
 //!   GET /api/stats/realtime?minutes   GET /api/stats/timeseries?minutes
-//!   GET /api/stats/trending?minutes&limit
+//!   GET /api/stats/trending?by&minutes&limit      (by=downloads, or by=rising: the forecast list)
 //!   GET /api/stats/regions?minutes    GET /api/stats/devices?minutes&limit
 //!   GET /metrics   GET /openapi.json   GET /docs   GET / and /assets/*   POST /api/alerts/{id}/ack
 //!   GET /api/episodes?state&limit     POST /api/episodes/{id}/ack

@@ -26,12 +26,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+use streampulse::api::{iso8601, State};
 use streampulse::cli::{ApiArgs, Secret};
-use streampulse_dataflow::Config;
+use streampulse_dataflow::{
+    Aggregate, Alert, Baseline, Change, Config, Counters, Derived, Forecast, Forecasts, Key, Rule,
+    Rules, Severity, Update, View, Window, WindowKey,
+};
 use support::{captured_log, postgres_url, ApiServer, InProcess, Pipeline, Reply, Schema};
 
 const ALLOWED_ORIGIN: &str = "http://dashboard.example";
@@ -52,6 +56,22 @@ struct Server {
 enum Backing {
     InProcess(ApiServer),
     Process(Pipeline),
+    Fixed(FixedView),
+}
+
+/// The API in this process over a view the test built: no dataflow and no database, so every
+/// answer is a function of the rows the test put in the view. Stopped when dropped.
+struct FixedView {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for FixedView {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
 }
 
 /// The API's flags as `run` takes them (`--cors-origin`, `--ack-token`), with the connection
@@ -105,6 +125,39 @@ impl Server {
         })
     }
 
+    /// The API over `view` (served on a port-0 listener as `run` serves it), with `rules`.
+    fn fixed(view: View, rules: Rules) -> Server {
+        let state = Arc::new(State::new(
+            Arc::new(RwLock::new(view)),
+            Arc::new(Counters::default()),
+            rules,
+            &api_args(&[], None),
+            None,
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("binds a free port");
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(streampulse::http::serve(
+            listener,
+            state.http_limits,
+            state.connections.clone(),
+            streampulse::api::handler(state.clone()),
+            std::future::pending(),
+        ));
+        Server {
+            backing: Backing::Fixed(FixedView {
+                addr,
+                runtime: Some(runtime),
+            }),
+        }
+    }
+
     /// Returns the server once its first events are counted.
     fn ready(server: Server) -> Server {
         server.eventually("the first events", Duration::from_secs(30), || {
@@ -118,6 +171,7 @@ impl Server {
         match &self.backing {
             Backing::InProcess(server) => server.addr,
             Backing::Process(pipeline) => pipeline.api(),
+            Backing::Fixed(server) => server.addr,
         }
     }
 
@@ -125,14 +179,14 @@ impl Server {
     /// test binary (one logger per process).
     fn log(&self) -> String {
         match &self.backing {
-            Backing::InProcess(_) => captured_log(usize::MAX),
+            Backing::InProcess(_) | Backing::Fixed(_) => captured_log(usize::MAX),
             Backing::Process(pipeline) => pipeline.log(),
         }
     }
 
     fn log_tail(&self) -> String {
         match &self.backing {
-            Backing::InProcess(_) => captured_log(LOG_LINES),
+            Backing::InProcess(_) | Backing::Fixed(_) => captured_log(LOG_LINES),
             Backing::Process(pipeline) => pipeline.log_tail(LOG_LINES),
         }
     }
@@ -140,7 +194,7 @@ impl Server {
     fn pipeline(&mut self) -> &mut Pipeline {
         match &mut self.backing {
             Backing::Process(pipeline) => pipeline,
-            Backing::InProcess(_) => panic!("the server runs in this process"),
+            Backing::InProcess(_) | Backing::Fixed(_) => panic!("the server runs in this process"),
         }
     }
 
@@ -178,7 +232,7 @@ impl Server {
     fn rss_kib(&self) -> u64 {
         match &self.backing {
             Backing::Process(pipeline) => pipeline.rss_kib(),
-            Backing::InProcess(_) => panic!("the server runs in this process"),
+            Backing::InProcess(_) | Backing::Fixed(_) => panic!("the server runs in this process"),
         }
     }
 
@@ -257,6 +311,7 @@ fn expected_fields(path: &str) -> (Vec<&'static str>, Vec<&'static str>) {
                 "avg_duration_s",
                 "total_size_gb",
                 "health_status",
+                "baseline",
             ],
         ),
         "/api/stats/alerts" => (
@@ -275,6 +330,8 @@ fn expected_fields(path: &str) -> (Vec<&'static str>, Vec<&'static str>) {
                 "window_end",
                 "is_final",
                 "acknowledged",
+                "baseline_value",
+                "score",
             ],
         ),
         "/api/stats/timeseries" => (
@@ -348,9 +405,28 @@ fn resolve(doc: &Value, schema: &Value) -> Value {
 }
 
 /// Checks `value` against the subset of JSON Schema the document uses: types (with null), required
-/// and exactly the declared properties, array items, enums.
+/// and exactly the declared properties, array items, enums, and `oneOf` (exactly one alternative).
 fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Err(e) = check(doc, schema, value, at) {
+        panic!("{e}");
+    }
+}
+
+fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     let schema = resolve(doc, schema);
+    if let Some(options) = schema["oneOf"].as_array() {
+        let failed: Vec<String> = (options.iter())
+            .filter_map(|option| check(doc, option, value, at).err())
+            .collect();
+        return match options.len() - failed.len() {
+            1 => Ok(()),
+            0 => Err(format!(
+                "{at}: matches no alternative: {}",
+                failed.join("; ")
+            )),
+            n => Err(format!("{at}: {value} matches {n} alternatives of a oneOf")),
+        };
+    }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
         Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
@@ -368,23 +444,32 @@ fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
     let matches = types.is_empty()
         || types.contains(&actual)
         || (actual == "integer" && types.contains(&"number"));
-    assert!(matches, "{at}: {value} is not {types:?}");
+    if !matches {
+        return Err(format!("{at}: {value} is not {types:?}"));
+    }
     if let Some(options) = schema["enum"].as_array() {
-        assert!(options.contains(value), "{at}: {value} not in {options:?}");
+        if !options.contains(value) {
+            return Err(format!("{at}: {value} not in {options:?}"));
+        }
     }
     if let (Some(properties), Value::Object(object)) = (schema["properties"].as_object(), value) {
         let declared: BTreeSet<&String> = properties.keys().collect();
         let present: BTreeSet<&String> = object.keys().collect();
-        assert_eq!(declared, present, "{at}: fields differ from the document");
+        if declared != present {
+            return Err(format!(
+                "{at}: fields differ from the document: declared {declared:?}, present {present:?}"
+            ));
+        }
         for (name, property) in properties {
-            conforms(doc, property, &object[name], &format!("{at}.{name}"));
+            check(doc, property, &object[name], &format!("{at}.{name}"))?;
         }
     }
     if let (Some(items), Value::Array(values)) = (schema.get("items"), value) {
         for (i, item) in values.iter().enumerate() {
-            conforms(doc, items, item, &format!("{at}[{i}]"));
+            check(doc, items, item, &format!("{at}[{i}]"))?;
         }
     }
+    Ok(())
 }
 
 fn check_shapes(server: &Server, doc: &Value) {
@@ -448,6 +533,16 @@ fn check_parameter_bounds(server: &Server, doc: &Value) {
             .get(&format!("/api/stats/alerts?{bad}"))
             .assert_error(400, "bad_parameter");
     }
+    for bad in ["by=nope", "by=RISING", "by=rising,downloads", "by=%zz"] {
+        let reply = server.get(&format!("/api/stats/trending?{bad}"));
+        reply.assert_error(400, "bad_parameter");
+        if bad != "by=%zz" {
+            assert!(reply.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("by must be"));
+        }
+    }
     let long = format!("/api/stats/realtime?x={}", "a".repeat(3000));
     server.get(&long).assert_error(400, "bad_parameter");
     // Every integer parameter the document bounds: its bounds are accepted, one past them is not.
@@ -484,6 +579,64 @@ fn check_parameter_bounds(server: &Server, doc: &Value) {
     let body = server.get("/api/stats/trending?minutes=7&limit=2").json();
     assert_eq!(body["window_minutes"], 7);
     assert!(body["count"].as_u64().unwrap() <= 2);
+}
+
+/// The rising list and the regions' baselines of the live traffic: present once windows have
+/// settled, in the document's shape, ranked by the score they show.
+fn check_baselines_and_rising(server: &Server, doc: &Value) {
+    let schema = &doc["paths"]["/api/stats/trending"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    let body = server.eventually("a rising list", Duration::from_secs(30), || {
+        let body = server.get("/api/stats/trending?by=rising&limit=20").json();
+        (body["count"].as_u64()? > 0).then_some(body)
+    });
+    conforms(doc, schema, &body, "trending?by=rising");
+    assert_eq!(body["by"], "rising");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(body["count"].as_u64(), Some(data.len() as u64));
+    let item_fields = [
+        "rank",
+        "content_id",
+        "title",
+        "downloads",
+        "predicted_downloads",
+        "level",
+        "trend",
+        "rising_score",
+        "history",
+    ];
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(keys(item), names(&item_fields));
+        assert_eq!(item["rank"].as_u64(), Some(i as u64 + 1), "{body}");
+        let history = item["history"].as_array().unwrap();
+        assert_eq!(history.last(), Some(&item["downloads"]), "{item}");
+        assert!(item["downloads"].as_i64().unwrap() > 0, "{item}");
+    }
+    let scores: Vec<f64> = data
+        .iter()
+        .map(|i| i["rising_score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    // Lists belong to settled windows: never one newer than the newest window in memory.
+    let newest = server.get("/health").json()["newest_window"].clone();
+    assert!(
+        body["window_start"].as_str().unwrap() <= newest.as_str().unwrap(),
+        "{body}"
+    );
+    let limited = server.get("/api/stats/trending?by=rising&limit=1").json();
+    assert!(limited["count"].as_u64().unwrap() <= 1);
+
+    let regions = server.eventually("a region's baseline", Duration::from_secs(30), || {
+        let body = server.get("/api/stats/regions").json();
+        let judged = body["data"]
+            .as_array()?
+            .iter()
+            .any(|r| r["baseline"]["health"].is_string());
+        judged.then_some(body)
+    });
+    let schema = &doc["paths"]["/api/stats/regions"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    conforms(doc, schema, &regions, "regions");
 }
 
 fn check_errors(server: &Server) {
@@ -884,6 +1037,7 @@ fn every_endpoint_without_postgres() {
         (body["count"].as_u64()? > 0).then_some(())
     });
     check_shapes(&server, &doc);
+    check_baselines_and_rising(&server, &doc);
     check_parameter_bounds(&server, &doc);
     check_errors(&server);
     check_headers(&server);
@@ -891,6 +1045,376 @@ fn every_endpoint_without_postgres() {
     check_cors(&server);
     // The token never reaches the log.
     assert!(!server.log().contains(TOKEN));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baselines, the rising list and baseline alerts, on a view built by hand
+// ---------------------------------------------------------------------------------------------
+
+const MINUTE: i64 = 60_000;
+/// A minute-aligned start (2023-11-14T22:14:00Z): the view's windows are T0 − 1 min, T0, T0 + 1 min.
+const T0: i64 = 28_333_334 * MINUTE;
+
+fn window(i: i64) -> Window {
+    Window(T0 + i * MINUTE)
+}
+
+/// `downloads` of which `failed` failed, the rest successful, `size_mb` in all.
+fn sums(downloads: i64, failed: i64, size_mb: i64) -> Aggregate {
+    Aggregate {
+        downloads,
+        successful: downloads - failed,
+        failed,
+        size_mb,
+        duration_s: downloads * 10,
+        speed_milli: (downloads - failed) * 40_000,
+        cdn_timeouts: 0,
+    }
+}
+
+/// A trail of `windows` windows of `per_window` downloads each (so no spread), 5% of them
+/// failed, and the judged window's sums.
+fn flat_baseline(windows: u32, per_window: i64, observed: Aggregate) -> Baseline {
+    Baseline {
+        windows,
+        downloads: windows as i64 * per_window,
+        downloads_sq: windows as i128 * (per_window as i128).pow(2),
+        failed: windows as i64 * per_window / 20,
+        observed,
+    }
+}
+
+fn viral() -> Forecast {
+    Forecast::of(vec![0, 0, 0, 0, 0, 0, 5, 10, 20, 40], &Forecasts::default())
+}
+
+fn steady() -> Forecast {
+    Forecast::of(
+        vec![53, 47, 63, 56, 53, 61, 59, 55, 63, 75],
+        &Forecasts::default(),
+    )
+}
+
+/// Three minute windows; the newest (T0 + 1 min) is open, so only T0 and the one before have
+/// baselines and rising lists (they are settled).
+///
+/// - EU-London: traffic in every window; a normal baseline at T0.
+/// - US-NewYork: silent through all three windows, its baseline at T0 expects 200 a window.
+/// - ASIA-Tokyo: traffic at T0 + 1 min only, its newest baseline (learning) the one before T0.
+/// - SA-SaoPaulo: traffic at T0 + 1 min, no baseline at all.
+/// - EU-Paris: silent, and its last baseline (at T0 − 1 min) is older than the newest: its trail
+///   has no windows with events left, so it is not listed.
+///
+/// Rising lists at T0 − 1 min and T0; alerts: TRAFFIC_BELOW_BASELINE for US-NewYork at T0,
+/// HIGH_ERROR_RATE for EU-London at T0 + 1 min.
+fn hand_built_view() -> View {
+    let stat = |i: i64, key: Key, delta: Aggregate| Change::Stat {
+        row: WindowKey {
+            window: window(i),
+            key,
+        },
+        delta,
+        time: 1,
+    };
+    let row = |row: Derived| Change::Derived {
+        row,
+        time: 1,
+        diff: 1,
+    };
+    let region = |name: &str| Key::Region(name.to_string());
+    let content = |id: &str, title: &str| Key::Content {
+        content_id: id.to_string(),
+        title: title.to_string(),
+    };
+    let baseline = |i: i64, name: &str, baseline: Baseline| {
+        row(Derived::Baseline {
+            window: window(i),
+            region: name.to_string(),
+            baseline,
+        })
+    };
+    let rising = |i: i64, rank: u32, id: &str, title: &str, forecast: Forecast| {
+        row(Derived::Rising {
+            window: window(i),
+            rank,
+            content_id: id.to_string(),
+            title: title.to_string(),
+            forecast,
+        })
+    };
+    let london = [sums(100, 5, 100), sums(120, 6, 120), sums(50, 8, 50)];
+    let silent_ny = flat_baseline(10, 200, Aggregate::default());
+    let changes = vec![
+        stat(-1, region("EU-London"), london[0]),
+        stat(0, region("EU-London"), london[1]),
+        stat(1, region("EU-London"), london[2]),
+        stat(1, region("ASIA-Tokyo"), sums(30, 1, 30)),
+        stat(1, region("SA-SaoPaulo"), sums(20, 1, 20)),
+        stat(0, content("mus_0152", "Pop #153"), sums(40, 2, 2048)),
+        stat(1, content("mus_0152", "Pop #153"), sums(10, 0, 512)),
+        stat(0, content("app_0048", "Utilities #49"), sums(75, 5, 1024)),
+        baseline(-1, "ASIA-Tokyo", flat_baseline(2, 40, Aggregate::default())),
+        baseline(-1, "EU-Paris", flat_baseline(6, 50, Aggregate::default())),
+        baseline(-1, "EU-London", flat_baseline(10, 100, london[0])),
+        baseline(0, "EU-London", flat_baseline(10, 100, london[1])),
+        baseline(0, "US-NewYork", silent_ny),
+        rising(-1, 1, "app_0048", "Utilities #49", steady()),
+        rising(0, 1, "mus_0152", "Pop #153", viral()),
+        rising(0, 2, "app_0048", "Utilities #49", steady()),
+        row(Derived::Alert(Alert {
+            window: window(0),
+            region: "US-NewYork".into(),
+            rule: Rule::TrafficBelowBaseline,
+            severity: Severity::Critical,
+            measure: Aggregate::default(),
+            baseline: Some(silent_ny),
+        })),
+        row(Derived::Alert(Alert {
+            window: window(1),
+            region: "EU-London".into(),
+            rule: Rule::HighErrorRate,
+            severity: Severity::Warning,
+            measure: london[2],
+            baseline: None,
+        })),
+    ];
+    let mut view = View::new(MINUTE);
+    view.apply(Update {
+        changes,
+        frontier: Some(2),
+        // T0's window is final, the newest is not.
+        watermark: Some(T0 + MINUTE + MINUTE / 2),
+    });
+    view
+}
+
+/// The events of an SSE stream until `count` have arrived (5 s at most): (name, data) pairs.
+fn read_events(addr: SocketAddr, path: &str, count: usize) -> Vec<(String, String)> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    // HTTP/1.0: the body is not chunked, it just runs until the connection closes.
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut received = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let events: Vec<(String, String)> = body
+            .split("\n\n")
+            .filter_map(|block| {
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::to_string)
+                };
+                Some((field("event: ")?, field("data: ")?))
+            })
+            .collect();
+        if events.len() >= count {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} events from {path}: {text}",
+            events.len()
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("{path} closed: {text}"),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+}
+
+#[test]
+fn baselines_rising_and_baseline_alerts_on_a_view_built_by_hand() {
+    let server = Server::fixed(hand_built_view(), Rules::default());
+    let doc = server.get("/openapi.json").json();
+    let schema_of = |path: &str| {
+        doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    let iso = |i: i64| iso8601(window(i).start());
+
+    // by=downloads is the old answer, byte for byte, whether `by` is given or not.
+    let old = r#"{"count":2,"data":[{"content_id":"app_0048","failed_downloads":5,"success_rate":0.933,"successful_downloads":70,"title":"Utilities #49","total_downloads":75,"total_size_gb":1.0},{"content_id":"mus_0152","failed_downloads":2,"success_rate":0.96,"successful_downloads":48,"title":"Pop #153","total_downloads":50,"total_size_gb":2.5}],"window_minutes":5}"#;
+    for query in ["", "?by=downloads", "?by=", "?limit=10&by=downloads"] {
+        let reply = server.get(&format!("/api/stats/trending{query}"));
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), old, "trending{query}");
+    }
+
+    // by=rising: the list of the newest window that has one (T0, not T0 − 1 min; the newest
+    // window, T0 + 1 min, is not settled and has none).
+    let rising = server.get("/api/stats/trending?by=rising").json();
+    conforms(&doc, &schema_of("/api/stats/trending"), &rising, "rising");
+    let item = |rank: u32, id: &str, title: &str, f: &Forecast| {
+        json!({
+            "rank": rank,
+            "content_id": id,
+            "title": title,
+            "downloads": f.latest(),
+            "predicted_downloads": f.next_milli as f64 / 1000.0,
+            "level": f.level_milli as f64 / 1000.0,
+            "trend": f.trend_milli as f64 / 1000.0,
+            "rising_score": f.rising_milli as f64 / 1000.0,
+            "history": f.history,
+        })
+    };
+    assert_eq!(
+        rising,
+        json!({
+            "by": "rising",
+            "count": 2,
+            "data": [
+                item(1, "mus_0152", "Pop #153", &viral()),
+                item(2, "app_0048", "Utilities #49", &steady()),
+            ],
+            "window_start": iso(0),
+            "window_end": iso(1),
+        })
+    );
+    assert_eq!(rising["data"][0]["downloads"], 40);
+    assert!(rising["data"][0]["rising_score"].as_f64().unwrap() > 5.0);
+    let one = server.get("/api/stats/trending?by=rising&limit=1").json();
+    assert_eq!(one["count"], 1);
+    assert_eq!(one["data"][0]["content_id"], "mus_0152");
+
+    // An unknown `by` is the API's usual 400.
+    let reply = server.get("/api/stats/trending?by=forecast");
+    reply.assert_error(400, "bad_parameter");
+    assert_eq!(
+        reply.json()["detail"],
+        "by must be downloads or rising, got \"forecast\""
+    );
+
+    // Regions: each with its newest baseline; the silent one listed with zero sums.
+    let regions = server.get("/api/stats/regions?minutes=5").json();
+    conforms(&doc, &schema_of("/api/stats/regions"), &regions, "regions");
+    let order: Vec<&str> = regions["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["EU-London", "ASIA-Tokyo", "SA-SaoPaulo", "US-NewYork"],
+        "most downloads first, the silent region last, EU-Paris (no baseline left) not at all"
+    );
+    assert_eq!(regions["count"], 4);
+    let by_name = |name: &str| -> Value {
+        regions["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["region"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by_name("US-NewYork"),
+        json!({
+            "region": "US-NewYork",
+            "downloads": 0,
+            "successful": 0,
+            "failed": 0,
+            "success_rate": 0.0,
+            "avg_speed": 0.0,
+            "avg_duration_s": 0.0,
+            "total_size_gb": 0.0,
+            "health_status": "critical",
+            "baseline": {
+                "window_start": iso(0),
+                "health": "silent",
+                "mean_downloads": 200.0,
+                "spread_downloads": 0.0,
+                "baseline_error_rate": 0.05,
+                "downloads": 0,
+                "error_rate": 0.0,
+                // (0 − 200) / max(spread 0, √200, 1)
+                "traffic_score": -14.14,
+                "error_score": 0.0,
+                "windows": 10,
+            },
+        })
+    );
+    let london = by_name("EU-London");
+    assert_eq!(london["downloads"], 270);
+    assert_eq!(london["health_status"], "degraded", "251 of 270 successful");
+    assert_eq!(
+        london["baseline"],
+        json!({
+            "window_start": iso(0),
+            "health": "normal",
+            "mean_downloads": 100.0,
+            "spread_downloads": 0.0,
+            "baseline_error_rate": 0.05,
+            "downloads": 120,
+            "error_rate": 0.05,
+            // (120 − 100) / max(0, √100, 1)
+            "traffic_score": 2.0,
+            "error_score": 0.0,
+            "windows": 10,
+        })
+    );
+    let tokyo = by_name("ASIA-Tokyo");
+    assert_eq!(tokyo["baseline"]["window_start"], iso(-1));
+    assert_eq!(tokyo["baseline"]["health"], "learning");
+    assert_eq!(by_name("SA-SaoPaulo")["baseline"], Value::Null);
+    // Only the newest window's sums: US-NewYork is still listed, from its baseline.
+    let newest = server.get("/api/stats/regions?minutes=1").json();
+    let listed: Vec<&str> = newest["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        ["EU-London", "ASIA-Tokyo", "SA-SaoPaulo", "US-NewYork"]
+    );
+
+    // Alerts: a baseline rule's threshold is the baseline's value, with its score; a fixed rule's
+    // is the configured threshold, and it has neither.
+    let alerts = server.get("/api/stats/alerts").json();
+    conforms(&doc, &schema_of("/api/stats/alerts"), &alerts, "alerts");
+    let data = alerts["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let (fixed, baseline) = (&data[0], &data[1]);
+    assert_eq!(fixed["alert_type"], "HIGH_ERROR_RATE");
+    assert_eq!(fixed["threshold_value"], 0.1);
+    assert_eq!(fixed["baseline_value"], Value::Null);
+    assert_eq!(fixed["score"], Value::Null);
+    assert_eq!(baseline["alert_type"], "TRAFFIC_BELOW_BASELINE");
+    assert_eq!(baseline["region"], "US-NewYork");
+    assert_eq!(baseline["metric_name"], "downloads");
+    assert_eq!(baseline["metric_value"], 0.0);
+    assert_eq!(baseline["threshold_value"], 200.0);
+    assert_eq!(baseline["baseline_value"], 200.0);
+    assert_eq!(baseline["score"], -14.14);
+    assert_eq!(baseline["severity"], "CRITICAL");
+    assert_eq!(baseline["is_final"], true);
+
+    // Push: the rising panel (and the others) carry exactly the polling endpoints' bodies.
+    let events = read_events(
+        server.addr(),
+        "/api/stream?panels=trending,regions,rising,alerts",
+        4,
+    );
+    let pushed: BTreeMap<String, String> = events.into_iter().collect();
+    for (panel, path) in [
+        ("trending", "/api/stats/trending?minutes=5&limit=10"),
+        ("regions", "/api/stats/regions?minutes=5"),
+        ("rising", "/api/stats/trending?by=rising&limit=10"),
+        ("alerts", "/api/stats/alerts?limit=10"),
+    ] {
+        assert_eq!(pushed.get(panel), Some(&server.get(path).text()), "{panel}");
+    }
 }
 
 fn ack(server: &Server, id: &str, token: Option<&str>, body: &[u8]) -> Reply {

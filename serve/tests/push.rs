@@ -24,13 +24,14 @@ use serde_json::Value;
 use support::{brokers, generate, http_get, unique, Pipeline};
 
 /// The dashboard's panels and the polling request each one mirrors (serve/web/src/api.ts).
-const PANELS: [(&str, &str); 6] = [
+const PANELS: [(&str, &str); 7] = [
     ("realtime", "/api/stats/realtime?minutes=5"),
     ("alerts", "/api/stats/alerts?limit=10"),
     ("trending", "/api/stats/trending?minutes=5&limit=10"),
     ("regions", "/api/stats/regions?minutes=5"),
     ("timeseries", "/api/stats/timeseries?minutes=60"),
     ("devices", "/api/stats/devices?minutes=5&limit=10"),
+    ("rising", "/api/stats/trending?by=rising&limit=10"),
 ];
 
 /// How much the server's resident memory may grow while 200 streams stall: each holds at most
@@ -304,7 +305,7 @@ fn resume_sends_only_what_changed_and_an_unknown_id_resyncs() {
     let events = fresh.drain(Duration::from_millis(1500));
     assert_eq!(fresh.retry, Some(2000), "the retry hint");
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names.len(), 6, "one event per panel: {names:?}");
+    assert_eq!(names.len(), PANELS.len(), "one event per panel: {names:?}");
     assert_eq!(
         by_panel(&events),
         before
@@ -375,7 +376,11 @@ fn resume_sends_only_what_changed_and_an_unknown_id_resyncs() {
     for (path, headers) in &resyncs {
         let mut stream = open_ok(addr, path, headers);
         let events = stream.drain(Duration::from_millis(1200));
-        assert_eq!(events.len(), 6, "{path} {headers:?}: every panel");
+        assert_eq!(
+            events.len(),
+            PANELS.len(),
+            "{path} {headers:?}: every panel"
+        );
         assert_eq!(
             by_panel(&events),
             after

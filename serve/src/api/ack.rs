@@ -408,6 +408,8 @@ impl Shared {
                 "acknowledged": a.acknowledged,
                 "acknowledged_at": a.acknowledged_at.map(iso8601),
                 "acknowledged_by": a.acknowledged_by,
+                "baseline_value": a.baseline_value,
+                "score": a.score,
             })
         }))
     }

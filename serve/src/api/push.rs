@@ -2,7 +2,7 @@
 //! page need not poll.
 //!
 //! ```text
-//!   View ─▶ producer (one task, every --push-interval-ms while anyone listens): renders the six
+//!   View ─▶ producer (one task, every --push-interval-ms while anyone listens): renders the seven
 //!           panels with the polling endpoints' own code and bytes, numbers each panel that changed
 //!             │
 //!             ▼  watch channel: Arc<Snapshot> { per panel: (sequence of its last change, event) }
@@ -17,8 +17,9 @@
 //! no crate beyond hyper. WebSocket would bring an upgrade handshake, framing, pings and
 //! reconnection to write on both sides for a channel whose client never speaks.
 //!
-//! **Events.** One per panel (`event: realtime|alerts|trending|regions|timeseries|devices`), whose
-//! `data:` is exactly the body the polling endpoint returns for the dashboard's query ([`PANELS`]),
+//! **Events.** One per panel (`event: realtime|alerts|trending|regions|timeseries|devices|rising`),
+//! whose `data:` is exactly the body the polling endpoint returns for the dashboard's query
+//! ([`PANELS`]; `rising` is `trending?by=rising`, the trending panel's second list),
 //! so the page renders both the same way. Each has an `id: <boot>-<sequence>`: `boot` names this
 //! server process (random at start), `sequence` counts panel changes. The first frame is a
 //! `retry:` hint; a comment (`: heartbeat`) goes out after [`HEARTBEAT`] of silence.
@@ -55,13 +56,15 @@ use crate::http::{Body, RequestBody};
 
 /// The dashboard's panels: the event name, and the polling request whose body the event carries
 /// (the same requests as `ENDPOINTS` in serve/web/src/api.ts).
-pub const PANELS: [(&str, &str, &str); 6] = [
+/// New panels go last, so the bits of [`Panels`] keep their meaning.
+pub const PANELS: [(&str, &str, &str); 7] = [
     ("realtime", "/api/stats/realtime", "minutes=5"),
     ("alerts", "/api/stats/alerts", "limit=10"),
     ("trending", "/api/stats/trending", "minutes=5&limit=10"),
     ("regions", "/api/stats/regions", "minutes=5"),
     ("timeseries", "/api/stats/timeseries", "minutes=60"),
     ("devices", "/api/stats/devices", "minutes=5&limit=10"),
+    ("rising", "/api/stats/trending", "by=rising&limit=10"),
 ];
 
 /// Silence after which a stream gets a comment, so that proxies and the client see it alive.

@@ -11,13 +11,19 @@
 //!
 //! "Now" is the stream's own clock: `minutes=5` means the windows covering the 5 newest minutes of
 //! event time. Rates are fractions (0–1) computed from sums, not averages of per-window ratios.
+//!
+//! Baselines and rising lists exist only for *settled* windows (see
+//! `streampulse_dataflow::baseline::settled`), which lag the newest window by about one: "the
+//! latest" of them is the newest window that has such rows, not the newest window.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use differential_dataflow::difference::Semigroup;
 use serde_json::{json, Value};
-use streampulse_dataflow::{Aggregate, Alert, Counters, Health, Key, Rules, View, WindowState};
+use streampulse_dataflow::{
+    Aggregate, Alert, Baseline, Counters, Health, Key, Rules, View, Window, WindowState,
+};
 
 use super::query::Query;
 use super::ApiError;
@@ -36,7 +42,7 @@ pub type Handler = fn(&Input, &Query) -> Result<Value, ApiError>;
 /// The cacheable endpoints: path, handler, and the parameters the answer depends on.
 pub const ENDPOINTS: [(&str, Handler, &[&str]); 6] = [
     ("/api/stats/realtime", realtime, &["minutes"]),
-    ("/api/stats/trending", trending, &["minutes", "limit"]),
+    ("/api/stats/trending", trending, &["by", "minutes", "limit"]),
     ("/api/stats/regions", regions, &["minutes"]),
     (
         "/api/stats/alerts",
@@ -209,10 +215,23 @@ fn realtime(input: &Input, q: &Query) -> Result<Value, ApiError> {
     }))
 }
 
+/// `by=downloads` (the default: the old pipeline's answer) or `by=rising`.
 fn trending(input: &Input, q: &Query) -> Result<Value, ApiError> {
+    let rising = match q.get("by").map(str::trim) {
+        None | Some("" | "downloads") => false,
+        Some("rising") => true,
+        Some(other) => {
+            return Err(ApiError::bad_parameter(format!(
+                "by must be downloads or rising, got {other:?}"
+            )))
+        }
+    };
     let minutes = q.int("minutes", 5, 1, 60)?;
     let limit = q.int("limit", 5, 1, 20)? as usize;
     let view = input.view;
+    if rising {
+        return Ok(rising_list(view, limit));
+    }
     let sums = sum_by(view, windows_for(view, minutes), |k| match k {
         Key::Content { content_id, title } => Some((content_id.clone(), title.clone())),
         _ => None,
@@ -235,16 +254,103 @@ fn trending(input: &Input, q: &Query) -> Result<Value, ApiError> {
     Ok(json!({ "count": data.len(), "data": data, "window_minutes": minutes }))
 }
 
+/// `trending?by=rising`: the rising list of the newest window that has one (`minutes` does not
+/// apply: a list belongs to one window, and its forecasts look back over their own span).
+fn rising_list(view: &View, limit: usize) -> Value {
+    let newest = view.windows().iter().rev().find_map(|(window, state)| {
+        let list = state.rising();
+        (!list.is_empty()).then_some((*window, list))
+    });
+    let data: Vec<Value> = newest
+        .iter()
+        .flat_map(|(_, list)| list.iter().take(limit))
+        .map(|(rank, content_id, title, forecast)| {
+            json!({
+                "rank": rank,
+                "content_id": content_id,
+                "title": title,
+                "downloads": forecast.latest(),
+                "predicted_downloads": round(forecast.next(), 3),
+                "level": round(forecast.level(), 3),
+                "trend": round(forecast.trend(), 3),
+                "rising_score": round(forecast.rising(), 3),
+                "history": forecast.history,
+            })
+        })
+        .collect();
+    let window = newest.map(|(window, _)| window);
+    json!({
+        "by": "rising",
+        "count": data.len(),
+        "data": data,
+        "window_start": window.map(|w| iso8601(w.start())),
+        "window_end": window.map(|w| iso8601(w.end(view.window_ms()))),
+    })
+}
+
+/// Each region's newest baseline, with its window: looked for from the newest window that has
+/// baselines back over as many windows as a baseline covers (a region with none there is new, or
+/// has been gone longer than its baseline remembers). Also returns that newest window.
+fn newest_baselines<'a>(
+    view: &'a View,
+    rules: &Rules,
+) -> (BTreeMap<&'a str, (Window, &'a Baseline)>, Option<Window>) {
+    let mut found = BTreeMap::new();
+    let mut newest: Option<Window> = None;
+    for (window, state) in view.windows().iter().rev() {
+        if let Some(newest) = newest {
+            let span = i64::from(rules.baselines.windows) * view.window_ms();
+            if window.0 < newest.0 - span {
+                break;
+            }
+        }
+        for (region, baseline) in state.baselines() {
+            newest.get_or_insert(*window);
+            found.entry(region).or_insert((*window, baseline));
+        }
+    }
+    (found, newest)
+}
+
+fn baseline_json(window: Window, baseline: &Baseline, rules: &Rules) -> Value {
+    json!({
+        "window_start": iso8601(window.start()),
+        "health": rules.baselines.health(baseline, rules.min_downloads),
+        "mean_downloads": round(baseline.mean(), 2),
+        "spread_downloads": round(baseline.spread(), 2),
+        "baseline_error_rate": round(baseline.error_rate(), 4),
+        "downloads": baseline.observed.downloads,
+        "error_rate": round(baseline.observed.failure_rate(), 4),
+        "traffic_score": round(baseline.traffic_score(), 2),
+        "error_score": round(baseline.error_score(), 2),
+        "windows": baseline.windows,
+    })
+}
+
+/// Every region with traffic in the period, and every region whose baseline in the newest
+/// settled window expects traffic it did not get: a region silent through the whole period has
+/// no sums in it, and would otherwise vanish from the list at the moment it matters. Such a
+/// region is listed with zero sums (so `success_rate` 0 and `health_status` "critical", as for
+/// any region without downloads) after the others.
 fn regions(input: &Input, q: &Query) -> Result<Value, ApiError> {
     let minutes = q.int("minutes", 5, 1, 60)?;
     let view = input.view;
-    let sums = sum_by(view, windows_for(view, minutes), |k| match k {
+    let mut sums = sum_by(view, windows_for(view, minutes), |k| match k {
         Key::Region(region) => Some(region.clone()),
         _ => None,
     });
+    let (baselines, newest) = newest_baselines(view, input.rules);
+    for (region, (window, _)) in &baselines {
+        if Some(*window) == newest && !sums.contains_key(*region) {
+            sums.insert(region.to_string(), Aggregate::default());
+        }
+    }
     let data: Vec<Value> = ranked(sums)
         .into_iter()
         .map(|(region, a)| {
+            let baseline = baselines
+                .get(region.as_str())
+                .map(|(window, b)| baseline_json(*window, b, input.rules));
             json!({
                 "region": region,
                 "downloads": a.downloads,
@@ -255,6 +361,7 @@ fn regions(input: &Input, q: &Query) -> Result<Value, ApiError> {
                 "avg_duration_s": round(a.avg_duration_s(), 1),
                 "total_size_gb": round(a.total_size_gb(), 2),
                 "health_status": Health::of(a.success_rate()).name(),
+                "baseline": baseline,
             })
         })
         .collect();
@@ -299,6 +406,12 @@ fn alerts(input: &Input, q: &Query) -> Result<Value, ApiError> {
         .filter(|(_, a)| severity.as_deref().is_none_or(|s| s == a.severity.name()))
         .take(limit)
         .map(|(id, a)| {
+            // A baseline rule's threshold is the baseline's own value (a mean, a rate): rounded
+            // like the measure it is compared with. A fixed rule's is the configured number.
+            let threshold = match a.baseline {
+                Some(_) => round(a.threshold(input.rules), 4),
+                None => a.threshold(input.rules),
+            };
             json!({
                 "id": id,
                 "alert_type": a.rule.name(),
@@ -307,7 +420,9 @@ fn alerts(input: &Input, q: &Query) -> Result<Value, ApiError> {
                 "region": a.region,
                 "metric_name": a.rule.metric_name(),
                 "metric_value": round(a.metric_value(), 4),
-                "threshold_value": input.rules.threshold(a.rule),
+                "threshold_value": threshold,
+                "baseline_value": a.baseline.map(|_| threshold),
+                "score": a.score().map(|s| round(s, 2)),
                 "created_at": iso8601(a.window.start()),
                 "window_start": iso8601(a.window.start()),
                 "window_end": iso8601(a.window.end(w)),

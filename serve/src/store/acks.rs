@@ -24,6 +24,9 @@ pub struct AckedAlert {
     pub acknowledged: bool,
     pub acknowledged_at: Option<i64>,
     pub acknowledged_by: Option<String>,
+    /// For a baseline rule, the baseline's value and the score (NULL for the fixed rules).
+    pub baseline_value: Option<f64>,
+    pub score: Option<f64>,
 }
 
 /// The ids of acknowledged alerts of windows starting at `since_ms` or later.
@@ -57,7 +60,8 @@ pub async fn acknowledge(
                  threshold_value, (extract(epoch FROM window_start) * 1000)::bigint,
                  (extract(epoch FROM window_end) * 1000)::bigint,
                  (extract(epoch FROM raised_at) * 1000)::bigint, is_final, acknowledged,
-                 (extract(epoch FROM acknowledged_at) * 1000)::bigint, acknowledged_by",
+                 (extract(epoch FROM acknowledged_at) * 1000)::bigint, acknowledged_by,
+                 baseline_value, score",
             &[&id, &by],
         )
         .await?;
@@ -77,5 +81,7 @@ pub async fn acknowledge(
         acknowledged: r.get(12),
         acknowledged_at: r.get(13),
         acknowledged_by: r.get(14),
+        baseline_value: r.get(15),
+        score: r.get(16),
     }))
 }

@@ -241,6 +241,7 @@ fn write_derived(
     let mut top_added = BTreeMap::new();
     let mut alerts_added = BTreeMap::new();
     let mut baselines_added = BTreeMap::new();
+    let mut error_baselines_added = BTreeMap::new();
     let mut rising_added = BTreeMap::new();
     for (row, diff) in batch.derived.iter().filter(|(_, d)| **d > 0) {
         match row {
@@ -261,6 +262,14 @@ fn write_derived(
             }
             Derived::Baseline { window, region, .. } => {
                 baselines_added.insert((*window, region.as_str()), row);
+            }
+            Derived::ErrorBaseline {
+                window,
+                region,
+                error_code,
+                ..
+            } => {
+                error_baselines_added.insert((*window, region.as_str(), error_code.as_str()), row);
             }
             Derived::Rising { window, rank, .. } => {
                 rising_added.insert((*window, *rank), row);
@@ -288,6 +297,23 @@ fn write_derived(
                     &[&ws(*window), region],
                 )?;
             }
+            Derived::ErrorBaseline {
+                window,
+                region,
+                error_code,
+                ..
+            } if !error_baselines_added.contains_key(&(
+                *window,
+                region.as_str(),
+                error_code.as_str(),
+            )) =>
+            {
+                tx.execute(
+                    "DELETE FROM error_baselines WHERE window_start = to_timestamp($1::float8 / 1000)
+                         AND region = $2 AND error_code = $3",
+                    &[&ws(*window), region, error_code],
+                )?;
+            }
             Derived::Rising { window, rank, .. }
                 if !rising_added.contains_key(&(*window, *rank)) =>
             {
@@ -308,6 +334,44 @@ fn write_derived(
         } = row
         {
             upsert_baseline(tx, config, *window, region, baseline)?;
+        }
+    }
+    for row in error_baselines_added.values() {
+        if let Derived::ErrorBaseline {
+            window,
+            region,
+            error_code,
+            baseline: b,
+        } = row
+        {
+            tx.execute(
+                "INSERT INTO error_baselines (window_start, window_end, region, error_code,
+                     baseline_windows, baseline_downloads, baseline_failures, baseline_rate,
+                     downloads, failures, rate, score)
+                 VALUES (to_timestamp($1::float8 / 1000), to_timestamp($2::float8 / 1000), $3, $4,
+                     $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (window_start, region, error_code) DO UPDATE SET
+                     baseline_windows = excluded.baseline_windows,
+                     baseline_downloads = excluded.baseline_downloads,
+                     baseline_failures = excluded.baseline_failures,
+                     baseline_rate = excluded.baseline_rate, downloads = excluded.downloads,
+                     failures = excluded.failures, rate = excluded.rate, score = excluded.score,
+                     updated_at = now()",
+                &[
+                    &ws(*window),
+                    &we(*window),
+                    region,
+                    error_code,
+                    &(b.windows as i32),
+                    &b.downloads,
+                    &b.failed,
+                    &b.error_rate(),
+                    &b.observed.downloads,
+                    &b.observed.failed,
+                    &b.observed.failure_rate(),
+                    &b.error_score(),
+                ],
+            )?;
         }
     }
     for row in rising_added.values() {

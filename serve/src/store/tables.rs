@@ -28,10 +28,11 @@ pub const SUMS: [&str; 7] = [
 ];
 
 /// Tables with rows per window besides the stat tables: their `is_final` follows the watermark too.
-pub const DERIVED_TABLES: [&str; 4] = [
+pub const DERIVED_TABLES: [&str; 5] = [
     "trending",
     "alerts",
     "region_baselines",
+    "error_baselines",
     "trending_predictions",
 ];
 

@@ -919,6 +919,15 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
                 b.observed.downloads,
                 b.observed.failed
             ),
+            Derived::ErrorBaseline {
+                window,
+                region,
+                error_code,
+                baseline: b,
+            } => format!(
+                "code {} {region} {error_code} {} {} {} {} {}",
+                window.0, b.windows, b.downloads, b.failed, b.observed.downloads, b.observed.failed
+            ),
             Derived::Rising {
                 window,
                 rank,
@@ -940,7 +949,7 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
         missing.is_empty() && extra.is_empty(),
         "missing {missing:?}\nextra {extra:?}"
     );
-    for kind in ["alert", "baseline", "rising"] {
+    for kind in ["alert", "baseline", "code", "rising"] {
         assert!(
             wanted.iter().any(|d| d.starts_with(kind)),
             "the topic has {kind} rows to compare"

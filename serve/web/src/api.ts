@@ -27,7 +27,49 @@ export interface TrendingItem {
   total_size_gb: number;
 }
 
+/** A title of the rising list (`trending?by=rising`): its forecast made at the list's window. */
+export interface RisingItem {
+  rank: number;
+  content_id: string;
+  title: string;
+  /** Downloads in the list's window (the last of `history`). */
+  downloads: number;
+  /** The forecast of the next window's downloads. */
+  predicted_downloads: number;
+  level: number;
+  /** Downloads per window the smoothed trend adds. */
+  trend: number;
+  rising_score: number;
+  /** Downloads in the forecast's windows, oldest first. */
+  history: number[];
+}
+
+export interface Rising {
+  by: "rising";
+  count: number;
+  data: RisingItem[];
+  /** The window the list was made at: the newest settled one (null until one is). */
+  window_start: string | null;
+  window_end: string | null;
+}
+
 export type HealthStatus = "healthy" | "degraded" | "critical";
+
+/** How a region's newest settled window compares with its own recent past. */
+export type BaselineHealth = "normal" | "silent" | "low_traffic" | "high_traffic" | "high_errors" | "learning";
+
+export interface RegionBaseline {
+  window_start: string;
+  health: BaselineHealth;
+  mean_downloads: number;
+  spread_downloads: number;
+  baseline_error_rate: number;
+  downloads: number;
+  error_rate: number;
+  traffic_score: number;
+  error_score: number;
+  windows: number;
+}
 
 export interface Region {
   region: string;
@@ -39,6 +81,8 @@ export interface Region {
   avg_duration_s: number;
   total_size_gb: number;
   health_status: HealthStatus;
+  /** Null while the region has no baseline yet. */
+  baseline: RegionBaseline | null;
 }
 
 export type Severity = "CRITICAL" | "WARNING" | "INFO";
@@ -57,6 +101,10 @@ export interface Alert {
   window_end: string;
   is_final: boolean;
   acknowledged: boolean;
+  /** A baseline rule's baseline value (then equal to `threshold_value`); null for a fixed rule. */
+  baseline_value: number | null;
+  /** A baseline rule's score (spreads or standard errors from the baseline); null otherwise. */
+  score: number | null;
 }
 
 export interface Minute {
@@ -101,6 +149,8 @@ export const ENDPOINTS = {
   regions: "api/stats/regions?minutes=5",
   timeseries: "api/stats/timeseries?minutes=60",
   devices: "api/stats/devices?minutes=5&limit=10",
+  /** The trending panel's second list: the titles whose forecast rises most. */
+  rising: "api/stats/trending?by=rising&limit=10",
 } as const;
 
 export type Endpoint = keyof typeof ENDPOINTS;
@@ -118,6 +168,7 @@ export interface Responses {
   regions: List<Region>;
   timeseries: Timeseries;
   devices: List<Device>;
+  rising: Rising;
 }
 
 /** A failed request, with a message fit for the error banner. */

@@ -3,10 +3,11 @@
 //   EventSource /api/stream ──event per changed panel──▶ render ─▶ live indicator (data-mode="push")
 //        │ error, 503, old server
 //        ▼
-//   timer ─▶ 6 × fetch (in parallel) ─▶ render each success ─▶ banner + live indicator (data-mode="poll")
+//   timer ─▶ 7 × fetch (in parallel) ─▶ render each success ─▶ banner + live indicator (data-mode="poll")
 //        └── meanwhile the stream is tried again; once it opens, polling stops
 //
-// `?push=0` polls only; `?poll=ms` sets the polling interval.
+// `?push=0` polls only; `?poll=ms` sets the polling interval; `?trending=rising` opens the
+// trending panel on its rising list.
 
 import "./style.css";
 import { ApiError, ENDPOINTS, fetchEndpoint, STREAM, type Endpoint, type Responses } from "./api";
@@ -45,7 +46,9 @@ const lastUpdated = byTestId("last-updated") as HTMLTimeElement;
 const banner = byTestId("error-banner");
 const bannerTitle = byTestId("error-title");
 const bannerDetail = byTestId("error-detail");
-const dashboard = new Dashboard();
+const dashboard = new Dashboard(
+  new URLSearchParams(window.location.search).get("trending") === "rising" ? "rising" : "top",
+);
 
 const every = pollMs % 1000 === 0 ? `${pollMs / 1000} s` : `${pollMs} ms`;
 const pollInfo = byTestId("poll-info");

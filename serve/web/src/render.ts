@@ -1,7 +1,21 @@
 // Draws each API response into its panel. Every renderer replaces what its panel showed, so a
 // panel always shows exactly one response. Text from the API goes in through textContent only.
 
-import type { Alert, Alerts, Device, List, Realtime, Region, Responses, Timeseries, TrendingItem } from "./api";
+import type {
+  Alert,
+  Alerts,
+  BaselineHealth,
+  Device,
+  List,
+  Realtime,
+  Region,
+  RegionBaseline,
+  Responses,
+  Rising,
+  RisingItem,
+  Timeseries,
+  TrendingItem,
+} from "./api";
 import {
   alpha,
   colors,
@@ -66,7 +80,14 @@ function setCard(name: string, value: string, raw: number | null, sub: string): 
 function formatMetric(name: string, value: number): string {
   if (name.endsWith("_rate")) return formatPercent(value);
   if (name.endsWith("_mbps")) return `${formatDecimal(value)} Mbps`;
+  if (name === "downloads") return formatInt(Math.round(value));
   return String(value);
+}
+
+/** A score with its sign: +2.8, −14.1. */
+function formatScore(score: number): string {
+  const text = formatDecimal(Math.abs(score));
+  return score < 0 && text !== "0.0" ? `−${text}` : `+${text}`;
 }
 
 /** The panel each endpoint feeds. */
@@ -77,6 +98,15 @@ export const PANELS: Record<keyof Responses, string> = {
   regions: "panel-regions",
   timeseries: "panel-timeseries",
   devices: "panel-devices",
+  rising: "panel-trending",
+};
+
+/** Which list the trending panel shows: the most downloaded titles, or the rising ones. */
+export type TrendingView = "top" | "rising";
+
+const TRENDING_HINTS: Record<TrendingView, string> = {
+  top: "top 10 · last 5 min",
+  rising: "forecast for the next window",
 };
 
 export class Dashboard {
@@ -86,10 +116,25 @@ export class Dashboard {
   private readonly timeseries: BarChart;
   private readonly devices: DoughnutChart;
 
-  constructor() {
+  constructor(trendingView: TrendingView = "top") {
     this.trending = trendingChart(byTestId("trending-chart"), () => this.trendingRates);
     this.timeseries = timeseriesChart(byTestId("timeseries-chart"), () => this.minuteTotals);
     this.devices = devicesChart(byTestId("devices-chart"));
+    for (const view of ["top", "rising"] as const) {
+      byTestId(`trending-view-${view}`).addEventListener("click", () => this.showTrending(view));
+    }
+    this.showTrending(trendingView);
+  }
+
+  /** Switches the trending panel between its two lists (both stay up to date). */
+  showTrending(view: TrendingView): void {
+    byTestId("panel-trending").dataset.view = view;
+    byTestId("trending-top").hidden = view !== "top";
+    byTestId("trending-rising").hidden = view !== "rising";
+    byTestId("trending-hint").textContent = TRENDING_HINTS[view];
+    for (const option of ["top", "rising"] as const) {
+      byTestId(`trending-view-${option}`).setAttribute("aria-pressed", String(option === view));
+    }
   }
 
   render<E extends keyof Responses>(endpoint: E, response: Responses[E]): void {
@@ -100,6 +145,7 @@ export class Dashboard {
       regions: (r) => this.renderRegions(r),
       timeseries: (r) => this.renderTimeseries(r),
       devices: (r) => this.renderDevices(r),
+      rising: (r) => this.renderRising(r),
     };
     renderers[endpoint](response);
   }
@@ -162,6 +208,17 @@ export class Dashboard {
       ),
     );
     byTestId("trending-empty").hidden = items.length > 0;
+  }
+
+  private renderRising(r: Rising): void {
+    byTestId("rising-list").replaceChildren(...r.data.map(risingItem));
+    byTestId("rising-empty").hidden = r.data.length > 0;
+    const start = r.window_start === null ? null : new Date(r.window_start);
+    const end = r.window_end === null ? null : new Date(r.window_end);
+    byTestId("rising-window").textContent =
+      start && end
+        ? `Made at the end of ${formatHourMinute(start)}–${formatHourMinute(end)}, the newest settled window`
+        : "";
   }
 
   private renderRegions(r: List<Region>): void {
@@ -228,7 +285,9 @@ function alertItem(a: Alert): HTMLLIElement {
   const end = new Date(a.window_end);
   const meta = [
     `${formatHourMinute(start)}–${formatHourMinute(end)}`,
-    `${humanize(a.metric_name)} ${formatMetric(a.metric_name, a.metric_value)} (limit ${formatMetric(a.metric_name, a.threshold_value)})`,
+    a.baseline_value === null || a.baseline_value === undefined
+      ? `${humanize(a.metric_name)} ${formatMetric(a.metric_name, a.metric_value)} (limit ${formatMetric(a.metric_name, a.threshold_value)})`
+      : `${humanize(a.metric_name)} ${formatMetric(a.metric_name, a.metric_value)} (baseline ${formatMetric(a.metric_name, a.baseline_value)}${a.score === null ? "" : ` · score ${formatScore(a.score)}`})`,
   ];
   if (!a.is_final) meta.push("window still open");
   return el(
@@ -246,12 +305,53 @@ function alertItem(a: Alert): HTMLLIElement {
   );
 }
 
+const BASELINE_LABELS: Record<BaselineHealth, string> = {
+  normal: "normal",
+  silent: "silent",
+  low_traffic: "low traffic",
+  high_traffic: "high traffic",
+  high_errors: "high errors",
+  learning: "learning",
+};
+
+/** What the badge's tooltip says: the window's figures against the baseline's. */
+function baselineDetail(b: RegionBaseline): string {
+  const window = formatHourMinute(new Date(b.window_start));
+  return [
+    `Window ${window}: ${formatInt(b.downloads)} downloads against ${formatInt(Math.round(b.mean_downloads))} ± ${formatInt(Math.round(b.spread_downloads))} per window (score ${formatScore(b.traffic_score)})`,
+    `errors ${formatPercent(b.error_rate)} against ${formatPercent(b.baseline_error_rate)} (score ${formatScore(b.error_score)})`,
+    `baseline of ${b.windows} windows`,
+  ].join("; ");
+}
+
+/** The "vs baseline" badge: how the region's newest settled window compares with its own past. */
+function baselineBadge(b: RegionBaseline | null): HTMLElement {
+  const health = b?.health ?? "none";
+  return el(
+    "p",
+    { class: "region-baseline" },
+    el("span", { class: "baseline-label", text: "vs baseline" }),
+    el("span", {
+      class: "baseline-badge",
+      testid: "region-baseline",
+      text: b ? BASELINE_LABELS[b.health] ?? b.health : "no baseline yet",
+      data: { baseline: health },
+      title: b ? baselineDetail(b) : "No settled window with a baseline for this region yet",
+    }),
+  );
+}
+
 function regionTile(r: Region): HTMLLIElement {
   const bar = el("span", { class: "rate-fill" });
   bar.style.width = `${Math.max(0, Math.min(100, r.success_rate * 100))}%`;
+  const baseline = r.baseline ?? null;
   return el(
     "li",
-    { class: "region", testid: "region-tile", data: { region: r.region, status: r.health_status } },
+    {
+      class: "region",
+      testid: "region-tile",
+      data: { region: r.region, status: r.health_status, baseline: baseline?.health ?? "none" },
+    },
     el("p", { class: "region-name", text: r.region, testid: "region-name", title: r.region }),
     el(
       "div",
@@ -263,6 +363,79 @@ function regionTile(r: Region): HTMLLIElement {
     el("p", {
       class: "region-meta",
       text: `${formatInt(r.downloads)} downloads · ${formatDecimal(r.avg_speed)} Mbps`,
+    }),
+    baselineBadge(baseline),
+  );
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/**
+ * The title's recent windows as a small line, and a dashed step to the forecast: what the score
+ * is made of, at a glance.
+ */
+function sparkline(history: number[], predicted: number): SVGSVGElement {
+  const width = 72;
+  const height = 22;
+  const values = [...history, predicted];
+  const max = Math.max(1, ...values);
+  const x = (i: number) => (i / Math.max(1, values.length - 1)) * (width - 4) + 2;
+  const y = (v: number) => height - 2 - (v / max) * (height - 4);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "sparkline");
+  svg.setAttribute("aria-hidden", "true");
+  const past = document.createElementNS(SVG, "polyline");
+  past.setAttribute("points", history.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" "));
+  past.setAttribute("class", "spark-past");
+  const last = history.length - 1;
+  const next = document.createElementNS(SVG, "line");
+  next.setAttribute("x1", x(last).toFixed(1));
+  next.setAttribute("y1", y(history[last] ?? 0).toFixed(1));
+  next.setAttribute("x2", x(last + 1).toFixed(1));
+  next.setAttribute("y2", y(predicted).toFixed(1));
+  next.setAttribute("class", "spark-next");
+  const dot = document.createElementNS(SVG, "circle");
+  dot.setAttribute("cx", x(last + 1).toFixed(1));
+  dot.setAttribute("cy", y(predicted).toFixed(1));
+  dot.setAttribute("r", "2");
+  dot.setAttribute("class", "spark-dot");
+  svg.append(past, next, dot);
+  return svg;
+}
+
+function risingItem(t: RisingItem): HTMLLIElement {
+  const trend = t.trend >= 0 ? `+${formatDecimal(t.trend)}` : `−${formatDecimal(-t.trend)}`;
+  return el(
+    "li",
+    {
+      class: "rising-item",
+      testid: "rising-item",
+      data: {
+        contentId: t.content_id,
+        rank: t.rank,
+        downloads: t.downloads,
+        predicted: t.predicted_downloads,
+        score: t.rising_score,
+      },
+    },
+    el("span", { class: "rising-rank", text: String(t.rank) }),
+    el(
+      "div",
+      { class: "rising-main" },
+      el("p", { class: "rising-title", text: t.title, testid: "rising-title", title: `${t.title} (${t.content_id})` }),
+      el("p", {
+        class: "rising-meta",
+        testid: "rising-forecast",
+        text: `${formatInt(t.downloads)} → ${formatInt(Math.round(t.predicted_downloads))} forecast · trend ${trend}/window`,
+      }),
+    ),
+    sparkline(t.history, t.predicted_downloads),
+    el("span", {
+      class: "rising-score",
+      text: formatScore(t.rising_score),
+      testid: "rising-score",
+      title: "Rising score: (forecast − recent mean) / √(recent mean + 1)",
     }),
   );
 }

@@ -17,7 +17,10 @@ let server;
 let browser;
 let page;
 const pageErrors = [];
-/** The newest body the page received from each endpoint, by name ("realtime", "trending", ...). */
+/**
+ * The newest body the page received from each endpoint, by name ("realtime", "trending", ...;
+ * "rising" for trending?by=rising, the trending panel's second list).
+ */
 const received = new Map();
 
 const testid = (id) => `[data-testid="${id}"]`;
@@ -25,10 +28,11 @@ const testid = (id) => `[data-testid="${id}"]`;
 function watch(p) {
   p.on("pageerror", (e) => pageErrors.push(e.message));
   p.on("response", async (response) => {
-    const { pathname } = new URL(response.url());
+    const { pathname, searchParams } = new URL(response.url());
     if (!pathname.startsWith("/api/stats/") || !response.ok()) return;
+    const name = searchParams.get("by") === "rising" ? "rising" : pathname.slice("/api/stats/".length);
     try {
-      received.set(pathname.slice("/api/stats/".length), await response.json());
+      received.set(name, await response.json());
     } catch {
       // The page may have navigated away; that round is not compared.
     }

@@ -50,17 +50,18 @@ export async function waitFor(what, check, { timeoutMs = 15_000, everyMs = 100 }
 }
 
 /**
- * `streampulse run` on 127.0.0.1:`port` (with `extra` flags), its output appended to
- * test-artifacts/streampulse.log. Resolves once /health answers.
+ * `streampulse run` on 127.0.0.1:`port` (with `extra` flags and the generator's `scenario`,
+ * cdn-outage unless told), its output appended to test-artifacts/streampulse.log. Resolves once
+ * /health answers.
  */
-export async function startServer(port, extra = []) {
+export async function startServer(port, extra = [], { scenario = "cdn-outage" } = {}) {
   if (!existsSync(binary)) {
     throw new Error(
       `no streampulse binary at ${binary}; build it (cd /work/main && cargo build --release -p streampulse) or set STREAMPULSE_BIN`,
     );
   }
   const log = createWriteStream(join(artifacts, "streampulse.log"), { flags: "a" });
-  const args = ["run", "--http", `127.0.0.1:${port}`, "--rate", "400", "--scenario", "cdn-outage", ...extra];
+  const args = ["run", "--http", `127.0.0.1:${port}`, "--rate", "400", "--scenario", scenario, ...extra];
   const child = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "info" } });
   child.stdout.pipe(log);
   child.stderr.pipe(log);
