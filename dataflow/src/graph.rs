@@ -92,12 +92,7 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
         // Only content and region rows feed derived collections; the rest skip the arrangement.
         let counted = stats
             .clone()
-            .filter(|row| {
-                matches!(
-                    row.key,
-                    Key::Content { .. } | Key::Region(_) | Key::Error { .. }
-                )
-            })
+            .filter(|row| matches!(row.key, Key::Content { .. } | Key::Region(_)))
             .count_total();
 
         let content = counted.clone().flat_map(|(row, agg)| match row.key {
@@ -134,18 +129,13 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                 count: count as i64,
             });
 
-        // Region rows (code `None`) and their error codes' rows.
-        let regions = counted.clone().flat_map(|(row, agg)| match row.key {
-            Key::Region(region) => Some((row.window, region, None, agg)),
-            Key::Error { region, error_code } => Some((row.window, region, Some(error_code), agg)),
-            _ => None,
-        });
-
         // Which stream windows are settled (see `baseline::settled`).
-        let settled_windows = regions
+        let settled_windows = counted
             .clone()
-            .filter(|(_, _, code, _)| code.is_none())
-            .map(|(window, _, _, _)| ((), window))
+            .flat_map(|(row, _)| match row.key {
+                Key::Region(_) => Some(((), row.window)),
+                _ => None,
+            })
             .reduce(move |_, windows, out| {
                 let Some((newest, _)) = windows.last() else {
                     return;
@@ -159,6 +149,28 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                 }
             })
             .map(|((), window)| window);
+
+        // The sums of settled windows alone feed baselines and forecasts: the semijoin takes the
+        // sums themselves (not `counted`'s rows, which churn with every batch), so a window's rows
+        // reach them once it settles, and again only if late data change it.
+        let settled_rows = stats
+            .clone()
+            .flat_map(|row| match row.key {
+                Key::Region(_) | Key::Error { .. } | Key::Content { .. } => {
+                    Some((row.window, row.key))
+                }
+                _ => None,
+            })
+            .semijoin(settled_windows.clone())
+            .count_total();
+        // Region rows (code `None`) and their error codes' rows.
+        let regions = settled_rows
+            .clone()
+            .flat_map(|((window, key), agg)| match key {
+                Key::Region(region) => Some((window, region, None, agg)),
+                Key::Error { region, error_code } => Some((window, region, Some(error_code), agg)),
+                _ => None,
+            });
 
         // Each region's trail: its window (offset 0) and the `trail_windows` windows before, with
         // its error codes' rows.
@@ -178,7 +190,7 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
                 }
             })
             .map(|((window, region), (code, baseline))| (window, (region, code, baseline)))
-            .semijoin(settled_windows.clone());
+            .semijoin(settled_windows);
         let error_baselines = judged
             .clone()
             .flat_map(|(window, (region, code, baseline))| {
@@ -217,17 +229,11 @@ pub fn build(worker: &mut Worker, config: &Config) -> Dataflow {
 
         // Forecasts: each settled content row is offered to the span's windows from its own on;
         // a title is forecast at a window where it had downloads.
-        // The sums themselves (not `counted`'s rows, which churn with every batch) go through the
-        // semijoin: only settled windows' content rows reach `count_total` and the forecasts.
-        let rising = stats
-            .clone()
-            .flat_map(|row| match row.key {
-                Key::Content { content_id, title } => Some((row.window, (content_id, title))),
+        let rising = settled_rows
+            .flat_map(|((window, key), agg)| match key {
+                Key::Content { content_id, title } => Some((window, (content_id, title, agg))),
                 _ => None,
             })
-            .semijoin(settled_windows)
-            .count_total()
-            .map(|((window, (id, title)), agg)| (window, (id, title, agg)))
             .flat_map(move |(window, (id, title, agg))| {
                 (0..span).map(move |offset| {
                     let target = Window(window.0 + offset as i64 * window_ms);

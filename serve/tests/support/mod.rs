@@ -870,6 +870,26 @@ pub fn assert_tables_match_oracle(schema: &str, records: &[Record]) {
     for r in query(
         &mut client,
         &format!(
+            "SELECT (extract(epoch FROM window_start) * 1000)::bigint, region, error_code,
+                baseline_windows, baseline_downloads, baseline_failures, downloads, failures
+             FROM {schema}.error_baselines"
+        ),
+    ) {
+        derived.insert(format!(
+            "code {} {} {} {} {} {} {} {}",
+            r.get::<_, i64>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, i32>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(6),
+            r.get::<_, i64>(7)
+        ));
+    }
+    for r in query(
+        &mut client,
+        &format!(
             "SELECT (extract(epoch FROM window_start) * 1000)::bigint, rank, content_id, history,
                 predicted_downloads, rising_score
          FROM {schema}.trending_predictions"
