@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use streampulse_dataflow::oracle::{recompute, Oracle};
 use streampulse_dataflow::{
-    execute, Caller, Config, Counters, Derived, Key, Limits, Plan, Rule, View, Window,
+    execute, Caller, Config, Counters, Derived, Key, Limits, Plan, Rule, Update, View, Window,
 };
 use streampulse_ingest::generator::{Rng, FAULT_END_MIN, FAULT_START_MIN};
 use streampulse_ingest::source::owns;
@@ -33,14 +33,17 @@ struct Run {
     max_ledger_windows: u64,
 }
 
-/// Runs the dataflow over `records` with `workers` workers until the input is exhausted.
-fn run(
+/// Runs the dataflow over `records` with `workers` workers until the input is exhausted, sending
+/// worker 0's updates to `output`.
+fn execute_records(
     records: &[Record],
     partitions: u32,
     workers: usize,
     config: &Config,
     batch_max: usize,
-) -> Run {
+    output: crossbeam_channel::Sender<Update>,
+    counters: Arc<Counters>,
+) {
     let per_worker: Vec<std::sync::Mutex<Option<Vec<Record>>>> = (0..workers)
         .map(|w| {
             let mine = records
@@ -52,24 +55,6 @@ fn run(
         })
         .collect();
     let per_worker = Arc::new(per_worker);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let counters = Arc::new(Counters::default());
-    let window_ms = config.window_ms;
-    let watched = counters.clone();
-    let collector = std::thread::spawn(move || {
-        let mut view = View::new(window_ms);
-        let (mut max_view, mut max_ledger) = (0, 0);
-        for update in rx {
-            view.apply(update);
-            max_view = max_view.max(view.windows().len());
-            max_ledger = max_ledger.max(watched.ledger_windows.load(Ordering::Relaxed));
-        }
-        Run {
-            view,
-            max_view_windows: max_view,
-            max_ledger_windows: max_ledger,
-        }
-    });
     let plan = Plan {
         config: config.clone(),
         limits: Limits {
@@ -79,7 +64,7 @@ fn run(
         ..Plan::default()
     };
     let caller = Caller {
-        output: Some(tx),
+        output: Some(output),
         stop: Arc::new(AtomicBool::new(false)),
         counters,
     };
@@ -98,6 +83,37 @@ fn run(
         },
     )
     .expect("the dataflow runs");
+}
+
+/// Runs the dataflow over `records` and assembles its output into a view.
+fn run(
+    records: &[Record],
+    partitions: u32,
+    workers: usize,
+    config: &Config,
+    batch_max: usize,
+) -> Run {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let counters = Arc::new(Counters::default());
+    let window_ms = config.window_ms;
+    let watched = counters.clone();
+    let collector = std::thread::spawn(move || {
+        let mut view = View::new(window_ms);
+        let (mut max_view, mut max_ledger) = (0, 0);
+        for update in rx {
+            view.apply(update);
+            max_view = max_view.max(view.windows().len());
+            max_ledger = max_ledger.max(watched.ledger_windows.load(Ordering::Relaxed));
+        }
+        Run {
+            view,
+            max_view_windows: max_view,
+            max_ledger_windows: max_ledger,
+        }
+    });
+    execute_records(
+        records, partitions, workers, config, batch_max, tx, counters,
+    );
     collector.join().unwrap()
 }
 
@@ -344,50 +360,17 @@ fn run_as_sink(
 ) {
     use differential_dataflow::difference::Semigroup;
     use streampulse_dataflow::{Change, Side};
-    let per_worker: Vec<std::sync::Mutex<Option<Vec<Record>>>> = (0..workers)
-        .map(|w| {
-            let mine = records
-                .iter()
-                .filter(|r| owns(r.partition, w, workers))
-                .cloned()
-                .collect();
-            std::sync::Mutex::new(Some(mine))
-        })
-        .collect();
-    let per_worker = Arc::new(per_worker);
     let (tx, rx) = crossbeam_channel::unbounded();
     let collector = std::thread::spawn(move || {
         let mut changes = Vec::new();
         for update in rx {
-            let update: streampulse_dataflow::Update = update;
+            let update: Update = update;
             changes.extend(update.changes);
         }
         changes
     });
-    let plan = Plan {
-        config: config.clone(),
-        limits: Limits {
-            batch_max: 2_000,
-            ..Limits::default()
-        },
-        ..Plan::default()
-    };
-    let caller = Caller {
-        output: Some(tx),
-        stop: Arc::new(AtomicBool::new(false)),
-        counters: Arc::new(Counters::default()),
-    };
-    execute(
-        timely::Config::process(workers),
-        plan,
-        caller,
-        move |w, peers| {
-            let mine = per_worker[w].lock().unwrap().take().unwrap();
-            let parts = (0..partitions).filter(|&p| owns(p, w, peers)).collect();
-            Box::new(VecSource::new(parts, mine, 2_000))
-        },
-    )
-    .expect("the dataflow runs");
+    let counters = Arc::new(Counters::default());
+    execute_records(records, partitions, workers, config, 2_000, tx, counters);
     let mut changes = collector.join().unwrap();
     changes.sort_by_key(|c| c.time());
     let mut stats: BTreeMap<_, streampulse_dataflow::Aggregate> = BTreeMap::new();
