@@ -11,9 +11,10 @@
 // to the clock's minutes, the backfilled stream (and so its scenario) to the second it starts. So
 // the stream's first window and the window in which the silence begins are partial, and a baseline
 // counts every window in which the region had events, however few. A nearly empty window in the
-// trail widens its spread enough to pull a silent region's traffic score above −4 (it then reads
-// "normal"). From the 21st window on the first window has left the 20-window trail; starting at
-// second 15 or later leaves at least a quarter of a window of traffic before the silence.
+// trail widens its spread enough to pull a silent region's traffic score above −4 (silence is still
+// flagged: it is judged against the mean alone). From the 21st window on the first window has left
+// the 20-window trail; starting at second 15 or later leaves at least a quarter of a window of
+// traffic before the silence.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -112,9 +113,12 @@ describe("a silent region against its baseline", { timeout: 180_000 }, () => {
   before(async () => {
     await awayFromTheMinutesStart();
     server = await startServer(await freePort(), BACKFILL, { scenario: "region-silent" });
-    await waitFor(`${SILENT} silent against its baseline in /api/stats/regions`, async () => {
+    // Silent against its baseline, and the backlog read: the 5 newest minutes are all silent ones
+    // (the first silent window is flagged as soon as it settles, while the backlog still streams).
+    await waitFor(`${SILENT} silent for 5 minutes and against its baseline in /api/stats/regions`, async () => {
       const regions = await api(server.base, "api/stats/regions?minutes=5");
-      return regions.data.find((r) => r.region === SILENT)?.baseline?.health === "silent";
+      const silent = regions.data.find((r) => r.region === SILENT);
+      return silent?.downloads === 0 && silent?.baseline?.health === "silent";
     }, { timeoutMs: 60_000, everyMs: 500 });
   });
 
@@ -129,7 +133,8 @@ describe("a silent region against its baseline", { timeout: 180_000 }, () => {
     assert.equal(silent.health_status, "critical");
     assert.equal(silent.baseline.downloads, 0);
     assert.ok(silent.baseline.mean_downloads > 100, JSON.stringify(silent.baseline));
-    assert.ok(silent.baseline.traffic_score <= -4, JSON.stringify(silent.baseline));
+    // Silence is judged against the mean alone (at least 16), whatever the trail's spread.
+    assert.ok(silent.baseline.traffic_score < 0, JSON.stringify(silent.baseline));
     assert.equal(regions.data.at(-1).region, SILENT, "zero downloads: listed last");
     const others = regions.data.filter((r) => r.region !== SILENT);
     assert.ok(others.length >= 8 && others.every((r) => r.baseline?.health !== "silent"), JSON.stringify(others));
