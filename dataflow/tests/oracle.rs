@@ -462,9 +462,21 @@ fn retention_changes_no_derived_row_of_a_window_still_held() {
         retain_ms: 5 * 60_000,
         ..Config::default()
     };
-    let records = half_hour(45, Scenario::RegionSilent, 30.0);
-    let expected = recompute(&records, &config);
-    for workers in [1, 2] {
+    // region-silent for the baselines; cdn-outage for the sustained rule, whose run of three
+    // windows also reads windows let go of (its alerts at minutes 5 to 8 need minutes 3 to 8).
+    for (records, workers, sustained) in [
+        (half_hour(45, Scenario::RegionSilent, 30.0), 1, false),
+        (half_hour(45, Scenario::RegionSilent, 30.0), 2, false),
+        (
+            generate(46, Scenario::CdnOutage, 30.0, 16 * 60 * 30, 4),
+            2,
+            true,
+        ),
+    ] {
+        let expected = recompute(&records, &config);
+        let rule = Rule::SustainedErrorRate;
+        let has = |d: &Derived| matches!(d, Derived::Alert(a) if a.rule == rule);
+        assert_eq!(expected.derived.iter().any(has), sustained);
         let (stats, derived) = run_as_sink(&records, 4, workers, &config);
         assert_eq!(stats, expected.stats);
         let missing: Vec<_> = expected.derived.difference(&derived).take(3).collect();
