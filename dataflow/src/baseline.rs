@@ -1,6 +1,7 @@
 //! Each region measured against its own recent past: the trailing [`Baseline`] of a region in a
 //! window, the scores that compare the window with it, and the knobs of the three baseline rules
-//! ([`Baselines`]).
+//! ([`Baselines`]). The rules themselves, which read these scores, are in [`crate::rules`]
+//! ([`crate::Rules::judge`]); this module knows nothing of rules.
 //!
 //! A baseline covers the `windows` windows before the one judged, and describes the region when it
 //! is up: it sums the windows of the trail in which the region had events. A judged window is always
@@ -24,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
 use crate::error::Error;
-use crate::rules::{Rule, Severity};
 use crate::window::Window;
 
 /// The knobs of the baseline rules.
@@ -108,74 +108,6 @@ impl Baselines {
         }
         Ok(())
     }
-
-    /// The baseline rules that hold for `baseline`; `min_downloads` is the fixed rules' minimum,
-    /// which the error rule shares.
-    pub fn judge(&self, baseline: &Baseline, min_downloads: i64) -> Vec<(Rule, Severity)> {
-        let mut fired = Vec::new();
-        if baseline.windows < self.min_windows || baseline.mean() < self.min_mean {
-            return fired;
-        }
-        let observed = baseline.observed.downloads as f64;
-        let traffic = baseline.traffic_score();
-        // Silence needs no spread: a Poisson count with a mean of at least traffic_score² is at
-        // least traffic_score standard deviations from zero, however uneven the trail was (a
-        // partly filled window in it, say).
-        let silent = baseline.observed.downloads == 0
-            && baseline.mean() >= self.traffic_score * self.traffic_score;
-        let low = traffic <= -self.traffic_score
-            && observed <= (1.0 - self.traffic_drop) * baseline.mean();
-        if silent || low {
-            let severity = if baseline.observed.downloads == 0 {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            fired.push((Rule::TrafficBelowBaseline, severity));
-        }
-        if traffic >= self.traffic_score && observed >= (1.0 + self.traffic_rise) * baseline.mean()
-        {
-            fired.push((Rule::TrafficAboveBaseline, Severity::Warning));
-        }
-        let rise = baseline.observed.failure_rate() - baseline.error_rate();
-        if baseline.observed.downloads >= min_downloads.max(1)
-            && baseline.error_score() >= self.error_score
-            && rise >= self.error_rise
-        {
-            // Four times the minimum rise (20 points by default) is an outage, not a wobble.
-            let severity = if rise >= 4.0 * self.error_rise {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            fired.push((Rule::ErrorRateAboveBaseline, severity));
-        }
-        fired
-    }
-
-    /// How a region's window compares with its baseline, for the API: `normal`, or the anomaly
-    /// (`silent`, `low_traffic`, `high_traffic`, `high_errors`; the worst first), or `learning`
-    /// while the baseline is too short or too thin to judge.
-    pub fn health(&self, baseline: &Baseline, min_downloads: i64) -> &'static str {
-        if baseline.windows < self.min_windows || baseline.mean() < self.min_mean {
-            return "learning";
-        }
-        let fired = self.judge(baseline, min_downloads);
-        let has = |rule| fired.iter().any(|(r, _)| *r == rule);
-        if has(Rule::TrafficBelowBaseline) {
-            if baseline.observed.downloads == 0 {
-                "silent"
-            } else {
-                "low_traffic"
-            }
-        } else if has(Rule::ErrorRateAboveBaseline) {
-            "high_errors"
-        } else if has(Rule::TrafficAboveBaseline) {
-            "high_traffic"
-        } else {
-            "normal"
-        }
-    }
 }
 
 /// A region's trailing baseline in one window, and the window's own sums.
@@ -247,22 +179,6 @@ impl Baseline {
         let smoothed = (self.failed as f64 + 1.0) / (self.downloads as f64 + 2.0);
         let noise = (smoothed * (1.0 - smoothed) / n as f64).sqrt();
         (self.observed.failure_rate() - self.error_rate()) / noise
-    }
-
-    /// The value a rule compares with this baseline, and the baseline's own value of it.
-    pub fn values(&self, rule: Rule) -> (f64, f64) {
-        match rule {
-            Rule::ErrorRateAboveBaseline => (self.observed.failure_rate(), self.error_rate()),
-            _ => (self.observed.downloads as f64, self.mean()),
-        }
-    }
-
-    /// The score a rule looked at.
-    pub fn score(&self, rule: Rule) -> f64 {
-        match rule {
-            Rule::ErrorRateAboveBaseline => self.error_score(),
-            _ => self.traffic_score(),
-        }
     }
 }
 
@@ -341,10 +257,12 @@ pub fn settled(window: Window, newest: Window, window_ms: i64, lateness_ms: i64)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn baseline(history: &[i64], failed: i64, observed: (i64, i64)) -> Baseline {
+    /// A baseline over `history` (downloads per window; `failed` failures in the first), observing
+    /// `observed` = (downloads, failed).
+    pub(crate) fn baseline(history: &[i64], failed: i64, observed: (i64, i64)) -> Baseline {
         let mut trail = Trail::default();
         for (i, &d) in history.iter().enumerate() {
             trail.add(&Aggregate {
@@ -372,50 +290,6 @@ mod tests {
         assert_eq!(b.error_rate(), 0.1);
         // 2 of 40 failed: 0.05 − 0.1 below the baseline, a negative score.
         assert!(b.error_score() < 0.0);
-    }
-
-    #[test]
-    fn the_rules_fire_on_their_anomaly_only() {
-        let knobs = Baselines::default();
-        let steady = [100, 104, 96, 100, 100, 98, 102, 100];
-        // A silent window: critical traffic drop.
-        let silent = baseline(&steady, 40, (0, 0));
-        // Silence fires even when the trail is uneven enough that its score is above −4 (a partly
-        // filled window in it): 0 against a mean of at least 16.
-        let uneven = baseline(&[100, 5, 100, 5, 100, 5], 10, (0, 0));
-        assert!(uneven.traffic_score() > -4.0, "{}", uneven.traffic_score());
-        assert_eq!(
-            knobs.judge(&uneven, 5),
-            vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
-        );
-        assert_eq!(
-            knobs.judge(&silent, 5),
-            vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
-        );
-        assert_eq!(knobs.health(&silent, 5), "silent");
-        // A normal window: nothing.
-        let normal = baseline(&steady, 40, (103, 6));
-        assert!(knobs.judge(&normal, 5).is_empty());
-        assert_eq!(knobs.health(&normal, 5), "normal");
-        // Three times the traffic.
-        let surge = baseline(&steady, 40, (300, 15));
-        assert_eq!(
-            knobs.judge(&surge, 5),
-            vec![(Rule::TrafficAboveBaseline, Severity::Warning)]
-        );
-        // Baseline rate 40/800 = 5%; 30% of 100 failing is 25 points above: critical.
-        let errors = baseline(&steady, 40, (100, 30));
-        assert_eq!(
-            knobs.judge(&errors, 5),
-            vec![(Rule::ErrorRateAboveBaseline, Severity::Critical)]
-        );
-        // 12% is 7 points above, but not five standard errors (√(0.05·0.95/100) ≈ 2.2 points).
-        let wobble = baseline(&steady, 40, (100, 12));
-        assert!(knobs.judge(&wobble, 5).is_empty());
-        // Too short a baseline: nothing is judged, however silent.
-        let short = baseline(&steady[..4], 40, (0, 0));
-        assert!(knobs.judge(&short, 5).is_empty());
-        assert_eq!(knobs.health(&short, 5), "learning");
     }
 
     #[test]

@@ -140,14 +140,26 @@ impl Alert {
     /// baseline's own value of the measure (mean downloads, or the baseline error rate).
     pub fn threshold(&self, rules: &Rules) -> f64 {
         match &self.baseline {
-            Some(baseline) => baseline.values(self.rule).1,
+            Some(_) => self.baseline_value().unwrap_or_default(),
             None => rules.threshold(self.rule),
         }
     }
 
     /// A baseline rule's score (how many spreads or standard errors from the baseline).
     pub fn score(&self) -> Option<f64> {
-        self.baseline.map(|b| b.score(self.rule))
+        self.baseline.map(|b| match self.rule {
+            Rule::ErrorRateAboveBaseline => b.error_score(),
+            _ => b.traffic_score(),
+        })
+    }
+
+    /// A baseline rule's baseline value of its measure: the baseline error rate, or the mean
+    /// downloads per window.
+    pub fn baseline_value(&self) -> Option<f64> {
+        self.baseline.map(|b| match self.rule {
+            Rule::ErrorRateAboveBaseline => b.error_rate(),
+            _ => b.mean(),
+        })
     }
 
     pub fn message(&self) -> String {
@@ -276,9 +288,75 @@ impl Rules {
         }
     }
 
-    /// The baseline rules that hold for a region's window against its baseline.
+    /// The baseline rules that hold for a region's window against its baseline (the error rule
+    /// shares the fixed rules' `min_downloads`).
     pub fn judge(&self, baseline: &Baseline) -> Vec<(Rule, Severity)> {
-        self.baselines.judge(baseline, self.min_downloads)
+        let knobs = &self.baselines;
+        let mut fired = Vec::new();
+        if baseline.windows < knobs.min_windows || baseline.mean() < knobs.min_mean {
+            return fired;
+        }
+        let observed = baseline.observed.downloads as f64;
+        let traffic = baseline.traffic_score();
+        // Silence needs no spread: a Poisson count with a mean of at least traffic_score² is at
+        // least traffic_score standard deviations from zero, however uneven the trail was (a
+        // partly filled window in it, say).
+        let silent = baseline.observed.downloads == 0
+            && baseline.mean() >= knobs.traffic_score * knobs.traffic_score;
+        let low = traffic <= -knobs.traffic_score
+            && observed <= (1.0 - knobs.traffic_drop) * baseline.mean();
+        if silent || low {
+            let severity = if baseline.observed.downloads == 0 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            fired.push((Rule::TrafficBelowBaseline, severity));
+        }
+        if traffic >= knobs.traffic_score
+            && observed >= (1.0 + knobs.traffic_rise) * baseline.mean()
+        {
+            fired.push((Rule::TrafficAboveBaseline, Severity::Warning));
+        }
+        let rise = baseline.observed.failure_rate() - baseline.error_rate();
+        if baseline.observed.downloads >= self.min_downloads.max(1)
+            && baseline.error_score() >= knobs.error_score
+            && rise >= knobs.error_rise
+        {
+            // Four times the minimum rise (20 points by default) is an outage, not a wobble.
+            let severity = if rise >= 4.0 * knobs.error_rise {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            fired.push((Rule::ErrorRateAboveBaseline, severity));
+        }
+        fired
+    }
+
+    /// How a region's window compares with its baseline, for the API: `normal`, or the anomaly
+    /// (`silent`, `low_traffic`, `high_traffic`, `high_errors`; the worst first), or `learning`
+    /// while the baseline is too short or too thin to judge.
+    pub fn baseline_health(&self, baseline: &Baseline) -> &'static str {
+        let knobs = &self.baselines;
+        if baseline.windows < knobs.min_windows || baseline.mean() < knobs.min_mean {
+            return "learning";
+        }
+        let fired = self.judge(baseline);
+        let has = |rule| fired.iter().any(|(r, _)| *r == rule);
+        if has(Rule::TrafficBelowBaseline) {
+            if baseline.observed.downloads == 0 {
+                "silent"
+            } else {
+                "low_traffic"
+            }
+        } else if has(Rule::ErrorRateAboveBaseline) {
+            "high_errors"
+        } else if has(Rule::TrafficAboveBaseline) {
+            "high_traffic"
+        } else {
+            "normal"
+        }
     }
 
     /// The single-window rules that hold for a region's sums.
@@ -446,5 +524,50 @@ mod tests {
         assert_eq!(Health::of(0.90).name(), "degraded");
         assert_eq!(Health::of(0.8999).name(), "critical");
         assert_eq!(Health::of(0.0), Health::Critical);
+    }
+
+    #[test]
+    fn the_baseline_rules_fire_on_their_anomaly_only() {
+        use crate::baseline::tests::baseline;
+        let rules = Rules::default();
+        let steady = [100, 104, 96, 100, 100, 98, 102, 100];
+        // A silent window: critical traffic drop.
+        let silent = baseline(&steady, 40, (0, 0));
+        // Silence fires even when the trail is uneven enough that its score is above −4 (a partly
+        // filled window in it): 0 against a mean of at least 16.
+        let uneven = baseline(&[100, 5, 100, 5, 100, 5], 10, (0, 0));
+        assert!(uneven.traffic_score() > -4.0, "{}", uneven.traffic_score());
+        assert_eq!(
+            rules.judge(&uneven),
+            vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
+        );
+        assert_eq!(
+            rules.judge(&silent),
+            vec![(Rule::TrafficBelowBaseline, Severity::Critical)]
+        );
+        assert_eq!(rules.baseline_health(&silent), "silent");
+        // A normal window: nothing.
+        let normal = baseline(&steady, 40, (103, 6));
+        assert!(rules.judge(&normal).is_empty());
+        assert_eq!(rules.baseline_health(&normal), "normal");
+        // Three times the traffic.
+        let surge = baseline(&steady, 40, (300, 15));
+        assert_eq!(
+            rules.judge(&surge),
+            vec![(Rule::TrafficAboveBaseline, Severity::Warning)]
+        );
+        // Baseline rate 40/800 = 5%; 30% of 100 failing is 25 points above: critical.
+        let errors = baseline(&steady, 40, (100, 30));
+        assert_eq!(
+            rules.judge(&errors),
+            vec![(Rule::ErrorRateAboveBaseline, Severity::Critical)]
+        );
+        // 12% is 7 points above, but not five standard errors (√(0.05·0.95/100) ≈ 2.2 points).
+        let wobble = baseline(&steady, 40, (100, 12));
+        assert!(rules.judge(&wobble).is_empty());
+        // Too short a baseline: nothing is judged, however silent.
+        let short = baseline(&steady[..4], 40, (0, 0));
+        assert!(rules.judge(&short).is_empty());
+        assert_eq!(rules.baseline_health(&short), "learning");
     }
 }

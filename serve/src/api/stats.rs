@@ -315,7 +315,7 @@ fn newest_baselines<'a>(
 fn baseline_json(window: Window, baseline: &Baseline, rules: &Rules) -> Value {
     json!({
         "window_start": iso8601(window.start()),
-        "health": rules.baselines.health(baseline, rules.min_downloads),
+        "health": rules.baseline_health(baseline),
         "mean_downloads": round(baseline.mean(), 2),
         "spread_downloads": round(baseline.spread(), 2),
         "baseline_error_rate": round(baseline.error_rate(), 4),

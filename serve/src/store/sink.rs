@@ -440,7 +440,6 @@ fn upsert_baseline(
     region: &str,
     b: &Baseline,
 ) -> anyhow::Result<()> {
-    let knobs = &config.rules.baselines;
     tx.execute(
         "INSERT INTO region_baselines (window_start, window_end, region, baseline_windows,
              baseline_downloads, baseline_downloads_sq, baseline_failed, mean_downloads,
@@ -474,7 +473,7 @@ fn upsert_baseline(
             &b.observed.failure_rate(),
             &b.traffic_score(),
             &b.error_score(),
-            &knobs.health(b, config.rules.min_downloads),
+            &config.rules.baseline_health(b),
         ],
     )?;
     Ok(())
@@ -487,7 +486,7 @@ fn upsert_alert(
     alert: &Alert,
 ) -> anyhow::Result<()> {
     let threshold = alert.threshold(&config.rules);
-    let baseline_value = alert.baseline.map(|b| b.values(alert.rule).1);
+    let baseline_value = alert.baseline_value();
     tx.execute(
         "INSERT INTO alerts (id, alert_type, severity, region, window_start, window_end, metric_name,
                              metric_value, threshold_value, message, baseline_value, score)
